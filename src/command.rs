@@ -1,0 +1,1 @@
+//! command (work in progress)

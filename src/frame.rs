@@ -1,0 +1,1 @@
+//! frame (work in progress)

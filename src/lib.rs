@@ -1,0 +1,13 @@
+//! openiap-wire: the sans-IO core of the OpenIAP Flow wire protocol.
+//!
+//! (Crate docs with a runnable example are written once the modules land.)
+
+pub mod command;
+pub mod envelope;
+pub mod frame;
+pub mod proto;
+pub mod reorder;
+pub mod stream;
+
+#[cfg(feature = "codec")]
+pub mod codec;

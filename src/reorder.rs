@@ -1,0 +1,1 @@
+//! reorder (work in progress)

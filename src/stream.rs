@@ -1,0 +1,1 @@
+//! stream (work in progress)
