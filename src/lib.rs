@@ -3,7 +3,9 @@
 //! (Crate docs with a runnable example are written once the modules land.)
 
 pub mod command;
+pub mod connection;
 pub mod envelope;
+pub mod error;
 pub mod frame;
 pub mod proto;
 pub mod reorder;
@@ -11,3 +13,5 @@ pub mod stream;
 
 #[cfg(feature = "codec")]
 pub mod codec;
+
+pub use error::Error;

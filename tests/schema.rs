@@ -41,7 +41,11 @@ fn expected_schema() -> Schema {
             .or_insert_with(|| (file.to_owned(), Vec::new()));
         assert_eq!(entry.0, file, "{package}.{message} split over two files");
         if field == "-" {
-            assert_eq!((number, ty, label), ("0", "-", "-"), "bad empty row {line:?}");
+            assert_eq!(
+                (number, ty, label),
+                ("0", "-", "-"),
+                "bad empty row {line:?}"
+            );
             continue;
         }
         let number = number.parse().expect("field number");
@@ -123,7 +127,10 @@ fn compiled_schema() -> Schema {
 #[test]
 fn messages_tsv_has_129_openiap_messages() {
     let expected = expected_schema();
-    let openiap = expected.keys().filter(|k| k.starts_with("openiap.")).count();
+    let openiap = expected
+        .keys()
+        .filter(|k| k.starts_with("openiap."))
+        .count();
     assert_eq!(openiap, 129);
     assert_eq!(expected.len(), 131, "129 openiap + Any + Timestamp");
 }
@@ -141,7 +148,10 @@ fn compiled_schema_matches_messages_tsv() {
         .keys()
         .filter(|k| !expected.contains_key(*k))
         .collect();
-    assert!(missing.is_empty(), "messages missing from proto/: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "messages missing from proto/: {missing:?}"
+    );
     assert!(extra.is_empty(), "messages not in messages.tsv: {extra:?}");
 
     let mut compared_fields = 0;

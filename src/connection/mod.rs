@@ -1,0 +1,785 @@
+//! One peer's protocol state, sans-IO: [`Connection`].
+//!
+//! A `Connection` ties framing, seq reordering, command validation, request
+//! matching and file transfers together, and does no IO (the quinn-proto
+//! model). Its owner moves bytes and time in and out:
+//!
+//! ```text
+//!            handle_bytes / handle_envelope / handle_eof / handle_timeout(now)
+//!   socket ───────────────────────────────────────────────────────────────► ┌────────────┐
+//!                                                                            │ Connection │ ──► poll_event
+//!   socket ◄──────────────────────────── poll_transmit / poll_envelope ──── └────────────┘ ◄── send, request,
+//!                                                                              │  poll_timeout      reply, upload
+//! ```
+//!
+//! Inside, received envelopes flow
+//! `FrameDecoder → decode_envelope → ReorderBuffer → dispatch`:
+//!
+//! | received, in seq order        | what happens                                                  |
+//! |-------------------------------|---------------------------------------------------------------|
+//! | no command or no id           | [`Event::Rejected`], `error` reply when it was a request      |
+//! | `ping`                        | `pong` queued (rid = ping id) when enabled, [`Event::Ping`]    |
+//! | `pong` for a pending ping     | [`Event::Reply`]; a keepalive pong is only noted as traffic    |
+//! | `beginstream`/`stream`/`endstream` | [`StreamTable`](crate::stream::StreamTable): `Stream*` events, [`Event::StreamFailed`] once per failed transfer |
+//! | `error`                       | fails the rid's transfer, then [`Event::PeerError`] for a pending request |
+//! | rid of a pending request      | [`Event::Reply`]                                              |
+//! | anything else                 | payload decoded: [`Event::Request`], or [`Event::Rejected`] and an `error` reply |
+//!
+//! Sending stamps `seq` in send order (from 0, wrapping to 0 after
+//! `i32::MAX`, as [`seq_successor`]) and gives an envelope with an empty `id`
+//! a fresh one. A request (rid empty, command of kind
+//! [`CommandKind::Request`]) is remembered until its reply, its `error`, its
+//! timeout or the end of the connection, and each of those reports it once.
+//!
+//! A connection-fatal error (bad framing, a seq violation, a silent peer)
+//! queues one `error` envelope telling the peer why, fails every pending
+//! request and open transfer, and from then on every call returns that same
+//! error; [`poll_transmit`](Connection::poll_transmit) still hands out what
+//! was queued, so the owner can flush the explanation before closing.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Instant;
+//! use bytes::BytesMut;
+//! use openiap_wire::connection::{Connection, ConnectionConfig, Event, Role};
+//! use openiap_wire::proto::{SigninRequest, SigninResponse};
+//!
+//! let now = Instant::now();
+//! let mut client = Connection::new(Role::Client, ConnectionConfig::default(), now);
+//! let mut server = Connection::new(Role::Server, ConnectionConfig::default(), now);
+//!
+//! let id = client.request(&SigninRequest { username: "dev".into(), ..Default::default() }, now)?;
+//! let mut wire = BytesMut::new();
+//! client.poll_transmit(&mut wire);
+//! server.handle_bytes(&wire, now)?;
+//!
+//! let Some(Event::Request { envelope, .. }) = server.poll_event() else { panic!() };
+//! server.reply::<SigninRequest>(&envelope, &SigninResponse { jwt: "t".into(), ..Default::default() }, now)?;
+//! wire.clear();
+//! server.poll_transmit(&mut wire);
+//! client.handle_bytes(&wire, now)?;
+//!
+//! let Some(Event::Reply { request_id, .. }) = client.poll_event() else { panic!() };
+//! assert_eq!(request_id, id);
+//! # Ok::<(), openiap_wire::Error>(())
+//! ```
+
+mod config;
+mod event;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+pub use self::config::{
+    ConnectionConfig, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_MAX_PENDING_REQUESTS,
+    DEFAULT_REQUEST_TIMEOUT, Role,
+};
+pub use self::event::Event;
+use crate::Error;
+use crate::command::{CommandKind, lookup};
+use crate::envelope::{
+    Request, decode_envelope, encoded_len, error_reply, pack, pack_any, payload, reply, unpack,
+    validate_envelope,
+};
+use crate::frame::{FrameDecoder, LENGTH_PREFIX_LEN, encode_frame};
+use crate::proto::{
+    BeginStream, EndStream, Envelope, ErrorResponse, PingRequest, Stat, Stream, UploadRequest,
+};
+pub use crate::reorder::seq_successor;
+use crate::reorder::ReorderBuffer;
+use crate::stream::{StreamSender, StreamState, StreamTable, sha256};
+
+/// [`Connection::poll_transmit`] stops adding frames once this many bytes
+/// are waiting in its buffer: large enough for one write to carry many small
+/// envelopes, small enough that a queued transfer is never encoded at once.
+pub const TRANSMIT_BATCH: usize = 256 * 1024;
+
+/// A request awaiting its reply.
+#[derive(Debug)]
+struct Pending {
+    command: String,
+    deadline: Option<(Instant, u64)>,
+}
+
+/// One peer's protocol state. See the [module docs](self).
+#[derive(Debug)]
+pub struct Connection {
+    role: Role,
+    config: ConnectionConfig,
+    decoder: FrameDecoder,
+    reorder: ReorderBuffer<Envelope>,
+    streams: StreamTable,
+    next_seq: i32,
+    next_id: u64,
+    pending: HashMap<String, Pending>,
+    /// Pending deadlines in order; the `u64` makes equal instants distinct.
+    deadlines: BTreeMap<(Instant, u64), String>,
+    events: VecDeque<Event>,
+    transmit: VecDeque<Envelope>,
+    last_recv: Instant,
+    last_send: Instant,
+    error: Option<Error>,
+}
+
+impl Connection {
+    /// A fresh connection; `now` starts the keepalive and idle clocks.
+    pub fn new(role: Role, config: ConnectionConfig, now: Instant) -> Self {
+        Self {
+            role,
+            decoder: FrameDecoder::new(config.frame().clone()),
+            reorder: ReorderBuffer::new(config.reorder().clone()),
+            streams: StreamTable::new(config.stream().clone()),
+            config,
+            next_seq: 0,
+            next_id: 0,
+            pending: HashMap::new(),
+            deadlines: BTreeMap::new(),
+            events: VecDeque::new(),
+            transmit: VecDeque::new(),
+            last_recv: now,
+            last_send: now,
+            error: None,
+        }
+    }
+
+    /// This end's role.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The connection's limits and timers.
+    pub fn config(&self) -> &ConnectionConfig {
+        &self.config
+    }
+
+    /// The error that ended the connection, if one did.
+    pub fn error(&self) -> Option<&Error> {
+        self.error.as_ref()
+    }
+
+    /// Requests awaiting their reply.
+    pub fn pending_requests(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Transfers being received right now.
+    pub fn open_streams(&self) -> usize {
+        self.streams.open_streams()
+    }
+
+    // ----- input -------------------------------------------------------
+
+    /// Feeds bytes received on a framed transport (TCP, pipe, WebSocket),
+    /// in chunks of any size.
+    ///
+    /// # Errors
+    ///
+    /// A connection-fatal error (framing, envelope decoding, seq); the same
+    /// error again on every later call.
+    pub fn handle_bytes(&mut self, data: &[u8], now: Instant) -> Result<(), Error> {
+        self.check()?;
+        self.decoder.push(data);
+        self.drain_frames(now)
+    }
+
+    /// Spare room of the receive buffer, for reading from a socket without
+    /// an extra copy; call [`handle_read`](Self::handle_read) after filling it.
+    pub fn read_buf(&mut self) -> &mut BytesMut {
+        self.decoder.read_buf()
+    }
+
+    /// Processes what was read into [`read_buf`](Self::read_buf).
+    ///
+    /// # Errors
+    ///
+    /// As [`handle_bytes`](Self::handle_bytes).
+    pub fn handle_read(&mut self, now: Instant) -> Result<(), Error> {
+        self.check()?;
+        self.drain_frames(now)
+    }
+
+    /// Feeds one whole envelope from a transport without framing (gRPC).
+    /// Its seq is checked like any other.
+    ///
+    /// # Errors
+    ///
+    /// A connection-fatal seq error; the same error again on later calls.
+    pub fn handle_envelope(&mut self, envelope: Envelope, now: Instant) -> Result<(), Error> {
+        self.check()?;
+        self.last_recv = now;
+        let size = encoded_len(&envelope);
+        self.accept(envelope, size, now)
+    }
+
+    /// The peer closed its side. Pending requests fail with
+    /// [`Error::Closed`] and open transfers with `Aborted`.
+    ///
+    /// # Errors
+    ///
+    /// [`FrameError::Truncated`](crate::frame::FrameError::Truncated) when
+    /// a frame was cut off, or the error that ended the connection earlier.
+    pub fn handle_eof(&mut self) -> Result<(), Error> {
+        self.check()?;
+        let error = match self.decoder.finish() {
+            Ok(()) => Error::Closed,
+            Err(e) => Error::Frame(e),
+        };
+        let returned = error.clone();
+        self.shut_down(error);
+        match returned {
+            Error::Closed => Ok(()),
+            e => Err(e),
+        }
+    }
+
+    /// The earliest instant at which [`handle_timeout`](Self::handle_timeout)
+    /// has work: a gap timeout, a request deadline, a keepalive ping, the
+    /// idle limit.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.error.is_some() {
+            return None;
+        }
+        let keepalive = self
+            .config
+            .keepalive_interval()
+            .and_then(|i| self.last_send.checked_add(i));
+        let idle = self
+            .config
+            .idle_timeout()
+            .and_then(|i| self.last_recv.checked_add(i));
+        let deadline = self.deadlines.keys().next().map(|(at, _)| *at);
+        [self.reorder.poll_timeout(), deadline, keepalive, idle]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Runs every timer due at `now`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PeerSilent`] or a gap timeout (both connection-fatal), or the
+    /// error that ended the connection earlier.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
+        self.check()?;
+        if let Err(e) = self.reorder.handle_timeout(now) {
+            return Err(self.fail(e.into()));
+        }
+        if let Some(limit) = self.config.idle_timeout() {
+            let silence = now.saturating_duration_since(self.last_recv);
+            if silence >= limit {
+                return Err(self.fail(Error::PeerSilent { silence, limit }));
+            }
+        }
+        while let Some(entry) = self.deadlines.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let id = entry.remove();
+            if let Some(pending) = self.pending.remove(&id) {
+                // A download that timed out must not leave its stream open.
+                let _ = self.streams.abort(&id);
+                let after = self.config.request_timeout().unwrap_or(Duration::ZERO);
+                self.events.push_back(Event::RequestFailed {
+                    request_id: id.clone(),
+                    error: Error::RequestTimedOut {
+                        id,
+                        command: pending.command.clone(),
+                        after,
+                    },
+                    request_command: pending.command,
+                });
+            }
+        }
+        if let Some(interval) = self.config.keepalive_interval() {
+            if now.saturating_duration_since(self.last_send) >= interval {
+                // A keepalive expects no answer (the Node peer never sends
+                // one), so it is not a pending request.
+                let mut ping = pack(&PingRequest {});
+                ping.id = self.fresh_id();
+                self.queue(ping, now);
+            }
+        }
+        Ok(())
+    }
+
+    // ----- output ------------------------------------------------------
+
+    /// The next event, in the peer's seq order.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Encodes queued envelopes as frames into `dst` (one contiguous buffer)
+    /// until it holds [`TRANSMIT_BATCH`] bytes or the queue is empty, and
+    /// returns how many were added.
+    pub fn poll_transmit(&mut self, dst: &mut BytesMut) -> usize {
+        let mut frames = 0;
+        while dst.len() < TRANSMIT_BATCH {
+            let Some(envelope) = self.transmit.pop_front() else {
+                break;
+            };
+            // `send` checked the size against the same limit, so this
+            // cannot fail; an unlimited bound keeps it infallible.
+            if encode_frame(&envelope, usize::MAX, dst).is_ok() {
+                frames += 1;
+            }
+        }
+        frames
+    }
+
+    /// The next queued envelope, for transports without framing (gRPC).
+    pub fn poll_envelope(&mut self) -> Option<Envelope> {
+        self.transmit.pop_front()
+    }
+
+    /// Whether envelopes are waiting to be transmitted.
+    pub fn has_transmit(&self) -> bool {
+        !self.transmit.is_empty()
+    }
+
+    // ----- sending -----------------------------------------------------
+
+    /// Queues `envelope`: stamps its seq, gives it an id when it has none,
+    /// and remembers it as pending when it is a request (rid empty, a
+    /// command of kind [`CommandKind::Request`]). Returns the id.
+    ///
+    /// A client that sends `download` registers the transfer that will
+    /// answer it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TooLarge`] over the max frame length,
+    /// [`Error::TooManyPending`], [`Error::IdInUse`], a stream usage error
+    /// for a `download` that cannot be tracked, or the error that ended the
+    /// connection. Nothing is queued on error.
+    pub fn send(&mut self, mut envelope: Envelope, now: Instant) -> Result<String, Error> {
+        self.check()?;
+        if envelope.id.is_empty() {
+            envelope.id = self.fresh_id();
+        }
+        let len = encoded_len(&envelope);
+        let max = self
+            .config
+            .frame()
+            .max_frame_length()
+            .min(u32::MAX as usize);
+        if len > max {
+            return Err(Error::TooLarge { len, max });
+        }
+        let is_request = envelope.rid.is_empty()
+            && lookup(&envelope.command).is_some_and(|spec| spec.kind == CommandKind::Request);
+        if is_request {
+            self.add_pending(&envelope, now)?;
+            if self.role == Role::Client && envelope.command == "download" {
+                if let Err(e) = self.streams.expect(&envelope.id) {
+                    self.remove_pending(&envelope.id);
+                    return Err(e.into());
+                }
+            }
+        }
+        let id = envelope.id.clone();
+        self.queue(envelope, now);
+        Ok(id)
+    }
+
+    /// Sends `message` as a request and returns its id.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub fn request<M: Request>(&mut self, message: &M, now: Instant) -> Result<String, Error> {
+        self.send(pack(message), now)
+    }
+
+    /// Answers `request` with `response` (command `<cmd>reply`, rid = the
+    /// request's id).
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub fn reply<R: Request>(
+        &mut self,
+        request: &Envelope,
+        response: &R::Response,
+        now: Instant,
+    ) -> Result<(), Error> {
+        self.send(reply::<R>(request, response), now).map(drop)
+    }
+
+    /// Answers `request` with `error`.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub fn reply_error(
+        &mut self,
+        request: &Envelope,
+        error: &ErrorResponse,
+        now: Instant,
+    ) -> Result<(), Error> {
+        let mut answer = error_reply(request, String::new(), 0);
+        answer.data = Some(pack_any(error));
+        self.send(answer, now).map(drop)
+    }
+
+    /// Sends an `upload` request and, right behind it, the whole transfer:
+    /// `beginstream` (with the SHA-256 of `content` when `checksum`),
+    /// chunks of the configured size (slices of `content`, no copy) and
+    /// `endstream`. Returns the request id; the server's `uploadreply` or
+    /// `error` arrives as an event.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send); nothing is queued on error.
+    pub fn upload(
+        &mut self,
+        request: &UploadRequest,
+        content: Bytes,
+        checksum: bool,
+        now: Instant,
+    ) -> Result<String, Error> {
+        let id = self.request(request, now)?;
+        self.send_stream(&id, content, checksum, None, now)?;
+        Ok(id)
+    }
+
+    /// Sends a whole transfer for `rid` (a server answering `download`):
+    /// `beginstream`, chunks, `endstream`. The final reply is the caller's.
+    ///
+    /// # Errors
+    ///
+    /// A stream usage error, or the error that ended the connection.
+    pub fn send_stream(
+        &mut self,
+        rid: &str,
+        content: Bytes,
+        checksum: bool,
+        stat: Option<Stat>,
+        now: Instant,
+    ) -> Result<(), Error> {
+        let mut sender = self.stream_sender(rid)?;
+        let digest = checksum.then(|| sha256(&content));
+        let begin = sender.begin(digest, stat)?;
+        self.queue(begin, now);
+        let chunks: Vec<Envelope> = sender.chunks(content)?.collect();
+        for chunk in chunks {
+            self.queue(chunk, now);
+        }
+        let end = sender.end()?;
+        self.queue(end, now);
+        Ok(())
+    }
+
+    /// A sender for the transfer `rid`, for callers that produce the data
+    /// piece by piece (a file read in chunks); [`send`](Self::send) each
+    /// envelope it returns.
+    ///
+    /// # Errors
+    ///
+    /// A stream usage error for an invalid rid, or the error that ended the
+    /// connection.
+    pub fn stream_sender(&self, rid: &str) -> Result<StreamSender, Error> {
+        self.check()?;
+        Ok(StreamSender::new(rid, self.config.stream())?)
+    }
+
+    // ----- internals ---------------------------------------------------
+
+    fn check(&self) -> Result<(), Error> {
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    fn drain_frames(&mut self, now: Instant) -> Result<(), Error> {
+        self.last_recv = now;
+        loop {
+            let frame = match self.decoder.decode() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(self.fail(e.into())),
+            };
+            let size = frame.len().saturating_add(LENGTH_PREFIX_LEN);
+            // An undecodable envelope has no readable seq, so everything
+            // after it would wait on a gap: the connection cannot go on.
+            let envelope = match decode_envelope(frame) {
+                Ok(envelope) => envelope,
+                Err(e) => return Err(self.fail(e.into())),
+            };
+            self.accept(envelope, size, now)?;
+        }
+    }
+
+    fn accept(&mut self, envelope: Envelope, size: usize, now: Instant) -> Result<(), Error> {
+        let seq = envelope.seq;
+        if let Err(e) = self.reorder.push(seq, envelope, size, now) {
+            return Err(self.fail(e.into()));
+        }
+        while let Some(envelope) = self.reorder.pop() {
+            self.dispatch(envelope, now);
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self, envelope: Envelope, now: Instant) {
+        if let Err(e) = validate_envelope(&envelope) {
+            return self.reject(envelope, e.into(), now);
+        }
+        match envelope.command.as_str() {
+            "ping" => {
+                if self.config.answer_pings() {
+                    let pong = Envelope {
+                        command: "pong".to_owned(),
+                        rid: envelope.id.clone(),
+                        id: self.fresh_id(),
+                        ..Envelope::default()
+                    };
+                    self.queue(pong, now);
+                }
+                self.events.push_back(Event::Ping { id: envelope.id });
+            }
+            "beginstream" | "stream" | "endstream" => self.dispatch_stream(envelope, now),
+            "error" => self.dispatch_error(envelope),
+            _ => match self.remove_pending(&envelope.rid) {
+                Some(pending) => self.events.push_back(Event::Reply {
+                    request_id: envelope.rid.clone(),
+                    request_command: pending.command,
+                    envelope,
+                }),
+                // A pong for a keepalive ping is traffic and nothing else.
+                None if envelope.command == "pong" => {}
+                None => self.dispatch_request(envelope, now),
+            },
+        }
+    }
+
+    fn dispatch_stream(&mut self, envelope: Envelope, now: Instant) {
+        let rid = envelope.rid.as_str();
+        let validation = self.config.validation();
+        let was_failed = matches!(self.streams.state(rid), Some(StreamState::Failed(_)));
+        let result = match envelope.command.as_str() {
+            "beginstream" => unpack::<BeginStream>(&envelope, validation)
+                .map_err(Error::from)
+                .and_then(|begin| Ok(self.streams.recv_begin(rid, &begin)?))
+                .map(|started| Event::StreamStarted {
+                    rid: rid.to_owned(),
+                    started,
+                }),
+            "stream" => unpack::<Stream>(&envelope, validation)
+                .map_err(Error::from)
+                .and_then(|chunk| Ok(self.streams.recv_chunk(rid, chunk.data)?))
+                .map(|data| Event::StreamChunk {
+                    rid: rid.to_owned(),
+                    data,
+                }),
+            _ => unpack::<EndStream>(&envelope, validation)
+                .map_err(Error::from)
+                .and_then(|_| Ok(self.streams.recv_end(rid)?))
+                .map(|summary| Event::StreamEnded {
+                    rid: rid.to_owned(),
+                    summary,
+                }),
+        };
+        match result {
+            Ok(event) => self.events.push_back(event),
+            Err(Error::Stream(error)) => {
+                if !was_failed {
+                    self.events.push_back(Event::StreamFailed {
+                        rid: rid.to_owned(),
+                        error,
+                    });
+                }
+            }
+            Err(error) => {
+                // The part itself is malformed: the transfer cannot be
+                // trusted any more.
+                if self.streams.abort(rid).is_ok() {
+                    if let Some(StreamState::Failed(failure)) = self.streams.state(rid) {
+                        self.events.push_back(Event::StreamFailed {
+                            rid: rid.to_owned(),
+                            error: failure,
+                        });
+                    }
+                }
+                self.reject(envelope, error, now);
+            }
+        }
+    }
+
+    fn dispatch_error(&mut self, envelope: Envelope) {
+        let validation = self.config.validation();
+        let error = unpack::<ErrorResponse>(&envelope, validation).unwrap_or_else(|e| {
+            ErrorResponse {
+                message: format!("undecodable error payload: {e}"),
+                code: 0,
+                stack: String::new(),
+            }
+        });
+        let rid = envelope.rid.as_str();
+        let mut taken = false;
+        if !rid.is_empty() {
+            if let Err(failure) = self.streams.recv_error(rid, &error) {
+                taken = true;
+                self.events.push_back(Event::StreamFailed {
+                    rid: rid.to_owned(),
+                    error: failure,
+                });
+            }
+        }
+        if let Some(pending) = self.remove_pending(rid) {
+            self.events.push_back(Event::PeerError {
+                request_id: rid.to_owned(),
+                request_command: pending.command,
+                error,
+            });
+        } else if !taken {
+            // An error for nothing of ours: the peer explaining a
+            // disconnect, or answering a request that already timed out.
+            self.events.push_back(Event::Request {
+                envelope,
+                payload: crate::command::Payload::ErrorResponse(error),
+            });
+        }
+    }
+
+    fn dispatch_request(&mut self, envelope: Envelope, now: Instant) {
+        let decoded = match payload(&envelope, self.config.validation()) {
+            Ok(decoded) => decoded,
+            Err(e) => return self.reject(envelope, e.into(), now),
+        };
+        if self.role == Role::Server && envelope.command == "upload" {
+            // The parts follow right behind the request: register the
+            // transfer now, so they find it.
+            if let Err(e) = self.streams.expect(&envelope.id) {
+                return self.reject(envelope, e.into(), now);
+            }
+        }
+        self.events.push_back(Event::Request {
+            envelope,
+            payload: decoded,
+        });
+    }
+
+    /// Reports a message that could not be taken and, when it was a
+    /// request, tells the peer with an `error` reply.
+    fn reject(&mut self, envelope: Envelope, error: Error, now: Instant) {
+        if envelope.rid.is_empty() && !envelope.id.is_empty() && envelope.command != "error" {
+            let mut answer = error_reply(&envelope, error.to_string(), error.code());
+            answer.id = self.fresh_id();
+            self.queue(answer, now);
+        }
+        self.events.push_back(Event::Rejected { envelope, error });
+    }
+
+    fn add_pending(&mut self, envelope: &Envelope, now: Instant) -> Result<(), Error> {
+        let max = self.config.max_pending_requests();
+        if self.pending.len() >= max {
+            return Err(Error::TooManyPending { max });
+        }
+        if self.pending.contains_key(&envelope.id) {
+            return Err(Error::IdInUse {
+                id: envelope.id.clone(),
+            });
+        }
+        let deadline = self
+            .config
+            .request_timeout()
+            .and_then(|t| now.checked_add(t))
+            .map(|at| (at, self.next_id));
+        if let Some(key) = deadline {
+            self.deadlines.insert(key, envelope.id.clone());
+        }
+        self.pending.insert(
+            envelope.id.clone(),
+            Pending {
+                command: envelope.command.clone(),
+                deadline,
+            },
+        );
+        Ok(())
+    }
+
+    fn remove_pending(&mut self, id: &str) -> Option<Pending> {
+        if id.is_empty() {
+            return None;
+        }
+        let pending = self.pending.remove(id)?;
+        if let Some(key) = pending.deadline {
+            self.deadlines.remove(&key);
+        }
+        Some(pending)
+    }
+
+    fn fresh_id(&mut self) -> String {
+        const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+        let mut n = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let mut digits = Vec::with_capacity(13);
+        loop {
+            digits.extend(DIGITS.get((n % 36) as usize).map(|&d| char::from(d)));
+            n /= 36;
+            if n == 0 {
+                break;
+            }
+        }
+        digits.iter().rev().collect()
+    }
+
+    fn queue(&mut self, mut envelope: Envelope, now: Instant) {
+        if envelope.id.is_empty() {
+            envelope.id = self.fresh_id();
+        }
+        envelope.seq = self.next_seq;
+        self.next_seq = seq_successor(self.next_seq);
+        self.last_send = now;
+        self.transmit.push_back(envelope);
+    }
+
+    /// Ends the connection with a fatal `error`: tells the peer, fails
+    /// everything in flight, and keeps the error.
+    fn fail(&mut self, error: Error) -> Error {
+        if self.error.is_none() {
+            let mut notice = pack(&ErrorResponse::from(&error));
+            notice.id = self.fresh_id();
+            let now = self.last_send;
+            self.queue(notice, now);
+            self.shut_down(error.clone());
+        }
+        self.error.clone().unwrap_or(error)
+    }
+
+    /// Fails every pending request and open transfer with `error` and
+    /// records it.
+    fn shut_down(&mut self, error: Error) {
+        let open: Vec<String> = self.streams.open_rids().map(str::to_owned).collect();
+        for rid in open {
+            if self.streams.abort(&rid).is_ok() {
+                if let Some(StreamState::Failed(failure)) = self.streams.state(&rid) {
+                    self.events.push_back(Event::StreamFailed {
+                        rid,
+                        error: failure,
+                    });
+                }
+            }
+        }
+        let mut pending: Vec<(String, Pending)> = self.pending.drain().collect();
+        pending.sort_by_key(|(_, p)| p.deadline);
+        for (id, p) in pending {
+            self.events.push_back(Event::RequestFailed {
+                request_id: id,
+                request_command: p.command,
+                error: error.clone(),
+            });
+        }
+        self.deadlines.clear();
+        self.error = Some(error);
+    }
+}
+
+#[cfg(test)]
+mod tests;

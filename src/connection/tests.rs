@@ -1,0 +1,454 @@
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::*;
+use crate::command::{CommandError, Payload, Validation};
+use crate::envelope::EnvelopeExt;
+use crate::frame::FrameError;
+use crate::proto::{DownloadRequest, PingResponse, QueryRequest, SigninRequest, SigninResponse};
+use crate::reorder::SeqError;
+use crate::stream::StreamError;
+
+fn pair(now: Instant) -> (Connection, Connection) {
+    let mut config = ConnectionConfig::default();
+    config.set_keepalive_interval(None);
+    (
+        Connection::new(Role::Client, config.clone(), now),
+        Connection::new(Role::Server, config, now),
+    )
+}
+
+/// Moves everything `from` has queued into `to`.
+fn flow(from: &mut Connection, to: &mut Connection, now: Instant) -> Result<(), Error> {
+    let mut wire = BytesMut::new();
+    while from.has_transmit() {
+        wire.clear();
+        from.poll_transmit(&mut wire);
+        to.handle_bytes(&wire, now)?;
+    }
+    Ok(())
+}
+
+fn events(conn: &mut Connection) -> Vec<Event> {
+    std::iter::from_fn(|| conn.poll_event()).collect()
+}
+
+fn raw_frame(envelope: &Envelope) -> BytesMut {
+    let mut wire = BytesMut::new();
+    encode_frame(envelope, usize::MAX, &mut wire).unwrap();
+    wire
+}
+
+fn envelope(command: &str, seq: i32, id: &str) -> Envelope {
+    Envelope {
+        command: command.into(),
+        seq,
+        id: id.into(),
+        ..Envelope::default()
+    }
+}
+
+#[test]
+fn request_reply_is_matched_by_rid() {
+    let now = Instant::now();
+    let (mut client, mut server) = pair(now);
+    let id = client.request(&SigninRequest::default(), now).unwrap();
+    assert_eq!(client.pending_requests(), 1);
+    flow(&mut client, &mut server, now).unwrap();
+    let [Event::Request { envelope, payload }] = &events(&mut server)[..] else {
+        panic!("expected one request");
+    };
+    assert!(matches!(payload, Payload::SigninRequest(_)));
+    server
+        .reply::<SigninRequest>(envelope, &SigninResponse::default(), now)
+        .unwrap();
+    flow(&mut server, &mut client, now).unwrap();
+    let [Event::Reply { request_id, request_command, envelope }] = &events(&mut client)[..] else {
+        panic!("expected one reply");
+    };
+    assert_eq!((request_id, request_command.as_str()), (&id, "signin"));
+    assert_eq!(envelope.command, "signinreply");
+    assert_eq!(client.pending_requests(), 0);
+}
+
+#[test]
+fn seqs_are_stamped_in_send_order_from_zero() {
+    let now = Instant::now();
+    let (mut client, _) = pair(now);
+    for _ in 0..3 {
+        client.request(&PingRequest {}, now).unwrap();
+    }
+    let seqs: Vec<i32> = std::iter::from_fn(|| client.poll_envelope())
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, [0, 1, 2]);
+}
+
+#[test]
+fn ids_are_unique_and_filled_when_empty() {
+    let now = Instant::now();
+    let (mut client, _) = pair(now);
+    let ids: Vec<String> = (0..100)
+        .map(|_| client.request(&PingRequest {}, now).unwrap())
+        .collect();
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 100);
+    assert!(ids.iter().all(|id| !id.is_empty()));
+}
+
+#[test]
+fn ping_is_answered_with_pong_and_the_pong_resolves_the_request() {
+    let now = Instant::now();
+    let (mut client, mut server) = pair(now);
+    let id = client.request(&PingRequest {}, now).unwrap();
+    flow(&mut client, &mut server, now).unwrap();
+    assert_eq!(events(&mut server), [Event::Ping { id: id.clone() }]);
+    flow(&mut server, &mut client, now).unwrap();
+    let [Event::Reply { request_id, envelope, .. }] = &events(&mut client)[..] else {
+        panic!("expected the pong");
+    };
+    assert_eq!((request_id, envelope.command.as_str()), (&id, "pong"));
+    envelope.unpack::<PingResponse>(Validation::Lenient).unwrap();
+}
+
+#[test]
+fn unknown_command_is_rejected_with_an_error_reply() {
+    let now = Instant::now();
+    let (mut client, mut server) = pair(now);
+    let id = client.send(envelope("nosuchcommand", 0, ""), now).unwrap();
+    flow(&mut client, &mut server, now).unwrap();
+    let [Event::Rejected { error, .. }] = &events(&mut server)[..] else {
+        panic!("expected a rejection");
+    };
+    assert!(matches!(
+        error,
+        Error::Command(CommandError::UnknownCommand { .. })
+    ));
+    flow(&mut server, &mut client, now).unwrap();
+    // The client did not know it as a request, so the error is unsolicited.
+    let [Event::Request { envelope, payload }] = &events(&mut client)[..] else {
+        panic!("expected the error envelope");
+    };
+    assert_eq!((envelope.command.as_str(), envelope.rid.as_str()), ("error", id.as_str()));
+    let Payload::ErrorResponse(response) = payload else {
+        panic!("expected an ErrorResponse");
+    };
+    assert_eq!(response.code, 404);
+    assert!(response.message.contains("nosuchcommand"));
+}
+
+#[test]
+fn peer_error_settles_the_pending_request() {
+    let now = Instant::now();
+    let (mut client, mut server) = pair(now);
+    let id = client.request(&QueryRequest::default(), now).unwrap();
+    flow(&mut client, &mut server, now).unwrap();
+    let [Event::Request { envelope, .. }] = &events(&mut server)[..] else {
+        panic!()
+    };
+    let denied = ErrorResponse {
+        message: "denied".into(),
+        code: 7,
+        stack: "at x".into(),
+    };
+    server.reply_error(envelope, &denied, now).unwrap();
+    flow(&mut server, &mut client, now).unwrap();
+    assert_eq!(
+        events(&mut client),
+        [Event::PeerError {
+            request_id: id,
+            request_command: "query".into(),
+            error: denied,
+        }]
+    );
+}
+
+#[test]
+fn duplicate_seq_is_fatal_sticky_and_explained_to_the_peer() {
+    let now = Instant::now();
+    let (_, mut server) = pair(now);
+    let ping = envelope("ping", 0, "p1");
+    server.handle_bytes(&raw_frame(&ping), now).unwrap();
+    let err = server.handle_bytes(&raw_frame(&ping), now).unwrap_err();
+    assert_eq!(err, Error::Seq(SeqError::Duplicate { seq: 0 }));
+    assert!(err.is_connection_fatal());
+    // Sticky: every later call says the same.
+    assert_eq!(server.handle_bytes(b"", now), Err(err.clone()));
+    assert_eq!(server.send(envelope("ping", 0, ""), now), Err(err.clone()));
+    assert_eq!(server.handle_timeout(now), Err(err.clone()));
+    assert_eq!(server.poll_timeout(), None);
+    // The pong, then the error notice are still flushed.
+    let sent: Vec<Envelope> = std::iter::from_fn(|| server.poll_envelope()).collect();
+    assert_eq!(sent.len(), 2);
+    let notice = sent[1].unpack::<ErrorResponse>(Validation::Strict).unwrap();
+    assert!(notice.message.contains("duplicate seq 0"), "{}", notice.message);
+}
+
+#[test]
+fn out_of_order_envelopes_are_delivered_in_seq_order() {
+    let now = Instant::now();
+    let (_, mut server) = pair(now);
+    let mut wire = BytesMut::new();
+    for seq in [2, 0, 1] {
+        wire.extend_from_slice(&raw_frame(&envelope("ping", seq, &format!("p{seq}"))));
+    }
+    server.handle_bytes(&wire, now).unwrap();
+    let ids: Vec<String> = events(&mut server)
+        .into_iter()
+        .map(|e| match e {
+            Event::Ping { id } => id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, ["p0", "p1", "p2"]);
+}
+
+#[test]
+fn request_timeout_fails_the_request_once() {
+    let now = Instant::now();
+    let (mut client, _) = pair(now);
+    let id = client.request(&QueryRequest::default(), now).unwrap();
+    let deadline = client.poll_timeout().unwrap();
+    assert_eq!(deadline, now + DEFAULT_REQUEST_TIMEOUT);
+    client.handle_timeout(deadline - Duration::from_millis(1)).unwrap();
+    assert!(events(&mut client).is_empty());
+    client.handle_timeout(deadline).unwrap();
+    let [Event::RequestFailed { request_id, error, .. }] = &events(&mut client)[..] else {
+        panic!("expected a timeout");
+    };
+    assert_eq!(request_id, &id);
+    assert!(matches!(error, Error::RequestTimedOut { .. }));
+    assert_eq!(client.pending_requests(), 0);
+    client.handle_timeout(deadline + Duration::from_secs(60)).unwrap();
+    assert!(events(&mut client).is_empty());
+}
+
+#[test]
+fn keepalive_pings_after_idle_interval_and_idle_timeout_is_fatal() {
+    let now = Instant::now();
+    let mut config = ConnectionConfig::default();
+    config
+        .set_keepalive_interval(Some(Duration::from_secs(30)))
+        .set_idle_timeout(Some(Duration::from_secs(90)))
+        .set_request_timeout(None);
+    let mut conn = Connection::new(Role::Client, config, now);
+    assert_eq!(conn.poll_timeout(), Some(now + Duration::from_secs(30)));
+    conn.handle_timeout(now + Duration::from_secs(30)).unwrap();
+    let ping = conn.poll_envelope().expect("a keepalive ping");
+    assert_eq!(ping.command, "ping");
+    assert_eq!(conn.pending_requests(), 0, "keepalives are not pending");
+    let err = conn.handle_timeout(now + Duration::from_secs(90)).unwrap_err();
+    assert!(matches!(err, Error::PeerSilent { .. }));
+}
+
+#[test]
+fn too_many_pending_requests_is_refused_without_queueing() {
+    let now = Instant::now();
+    let mut config = ConnectionConfig::default();
+    config.set_max_pending_requests(2);
+    let mut conn = Connection::new(Role::Client, config, now);
+    conn.request(&PingRequest {}, now).unwrap();
+    conn.request(&PingRequest {}, now).unwrap();
+    assert_eq!(
+        conn.request(&PingRequest {}, now),
+        Err(Error::TooManyPending { max: 2 })
+    );
+    assert_eq!(std::iter::from_fn(|| conn.poll_envelope()).count(), 2);
+}
+
+#[test]
+fn oversized_envelope_is_refused_locally() {
+    let now = Instant::now();
+    let mut config = ConnectionConfig::default();
+    config.frame_mut().set_max_frame_length(64);
+    let mut conn = Connection::new(Role::Client, config, now);
+    let big = QueryRequest {
+        query: "x".repeat(100),
+        ..Default::default()
+    };
+    assert!(matches!(
+        conn.request(&big, now),
+        Err(Error::TooLarge { max: 64, .. })
+    ));
+    assert!(!conn.has_transmit());
+    assert!(conn.error().is_none(), "a local refusal is not fatal");
+}
+
+#[test]
+fn frame_too_large_from_peer_is_fatal() {
+    let now = Instant::now();
+    let (_, mut server) = pair(now);
+    let err = server
+        .handle_bytes(&u32::MAX.to_le_bytes(), now)
+        .unwrap_err();
+    assert!(matches!(err, Error::Frame(FrameError::TooLarge { .. })));
+}
+
+#[test]
+fn eof_mid_frame_is_truncated_and_fails_pending_requests() {
+    let now = Instant::now();
+    let (mut client, _) = pair(now);
+    let id = client.request(&QueryRequest::default(), now).unwrap();
+    client.handle_bytes(&[5, 0, 0, 0, 1], now).unwrap();
+    let err = client.handle_eof().unwrap_err();
+    assert!(matches!(err, Error::Frame(FrameError::Truncated { .. })));
+    let [Event::RequestFailed { request_id, .. }] = &events(&mut client)[..] else {
+        panic!("expected the pending request to fail");
+    };
+    assert_eq!(request_id, &id);
+}
+
+#[test]
+fn clean_eof_closes() {
+    let now = Instant::now();
+    let (mut client, _) = pair(now);
+    client.handle_eof().unwrap();
+    assert_eq!(client.send(envelope("ping", 0, ""), now), Err(Error::Closed));
+}
+
+#[test]
+fn upload_is_received_in_order_and_verified() {
+    let now = Instant::now();
+    let (mut client, mut server) = pair(now);
+    let content = Bytes::from((0..600_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+    let id = client
+        .upload(&UploadRequest::default(), content.clone(), true, now)
+        .unwrap();
+    flow(&mut client, &mut server, now).unwrap();
+    let got = events(&mut server);
+    assert!(matches!(&got[0], Event::Request { payload: Payload::UploadRequest(_), .. }));
+    assert!(matches!(&got[1], Event::StreamStarted { rid, started } if *rid == id && started.was_expected));
+    let mut received = BytesMut::new();
+    for event in &got[2..got.len() - 1] {
+        let Event::StreamChunk { data, .. } = event else {
+            panic!("{event:?}")
+        };
+        received.extend_from_slice(data);
+    }
+    assert!(received.freeze() == content, "received bytes differ");
+    let Some(Event::StreamEnded { summary, .. }) = got.last() else {
+        panic!()
+    };
+    assert!(summary.checksum_verified);
+    assert_eq!(summary.chunks, 3);
+}
+
+#[test]
+fn download_is_expected_by_the_client() {
+    let now = Instant::now();
+    let (mut client, mut server) = pair(now);
+    let id = client.request(&DownloadRequest::default(), now).unwrap();
+    flow(&mut client, &mut server, now).unwrap();
+    let [Event::Request { envelope, .. }] = &events(&mut server)[..] else {
+        panic!()
+    };
+    server
+        .send_stream(&envelope.id, Bytes::from_static(b"hello"), true, None, now)
+        .unwrap();
+    flow(&mut server, &mut client, now).unwrap();
+    let got = events(&mut client);
+    assert!(matches!(&got[0], Event::StreamStarted { started, .. } if started.was_expected));
+    assert!(matches!(&got[1], Event::StreamChunk { data, .. } if &data[..] == b"hello"));
+    assert!(matches!(&got[2], Event::StreamEnded { rid, .. } if *rid == id));
+    assert_eq!(client.pending_requests(), 1, "downloadreply still to come");
+}
+
+#[test]
+fn chunk_for_unknown_rid_is_a_stream_failure_not_fatal() {
+    let now = Instant::now();
+    let (_, mut server) = pair(now);
+    let mut chunk = pack(&Stream {
+        data: Bytes::from_static(b"x"),
+    });
+    chunk.id = "c".into();
+    chunk.rid = "nope".into();
+    server.handle_bytes(&raw_frame(&chunk), now).unwrap();
+    assert_eq!(
+        events(&mut server),
+        [Event::StreamFailed {
+            rid: "nope".into(),
+            error: StreamError::UnknownRid { rid: "nope".into() },
+        }]
+    );
+    assert!(server.error().is_none());
+}
+
+#[test]
+fn error_mid_stream_fails_transfer_and_request() {
+    let now = Instant::now();
+    let (mut client, mut server) = pair(now);
+    let id = client.request(&DownloadRequest::default(), now).unwrap();
+    flow(&mut client, &mut server, now).unwrap();
+    let [Event::Request { envelope, .. }] = &events(&mut server)[..] else {
+        panic!()
+    };
+    let mut sender = server.stream_sender(&envelope.id).unwrap();
+    server.send(sender.begin(None, None).unwrap(), now).unwrap();
+    let gone = ErrorResponse {
+        message: "disk gone".into(),
+        ..Default::default()
+    };
+    server.reply_error(envelope, &gone, now).unwrap();
+    flow(&mut server, &mut client, now).unwrap();
+    let got = events(&mut client);
+    assert!(matches!(&got[0], Event::StreamStarted { .. }));
+    assert!(matches!(&got[1], Event::StreamFailed { error: StreamError::PeerError { message, .. }, .. } if message == "disk gone"));
+    assert!(matches!(&got[2], Event::PeerError { request_id, .. } if *request_id == id));
+}
+
+#[test]
+fn zero_length_frame_is_rejected_not_fatal() {
+    let now = Instant::now();
+    let (_, mut server) = pair(now);
+    server.handle_bytes(&[0, 0, 0, 0], now).unwrap();
+    let [Event::Rejected { error, .. }] = &events(&mut server)[..] else {
+        panic!()
+    };
+    assert!(matches!(error, Error::Envelope(_)));
+    // The empty envelope carried seq 0; the next one must be seq 1.
+    server
+        .handle_bytes(&raw_frame(&envelope("ping", 1, "p")), now)
+        .unwrap();
+    assert_eq!(events(&mut server), [Event::Ping { id: "p".into() }]);
+}
+
+#[test]
+fn grpc_envelopes_follow_the_same_seq_rules() {
+    let now = Instant::now();
+    let (_, mut server) = pair(now);
+    server.handle_envelope(envelope("ping", 1, "b"), now).unwrap();
+    assert!(events(&mut server).is_empty(), "held until seq 0");
+    server.handle_envelope(envelope("ping", 0, "a"), now).unwrap();
+    assert_eq!(
+        events(&mut server),
+        [Event::Ping { id: "a".into() }, Event::Ping { id: "b".into() }]
+    );
+    let err = server
+        .handle_envelope(envelope("ping", 0, "c"), now)
+        .unwrap_err();
+    assert_eq!(err, Error::Seq(SeqError::Duplicate { seq: 0 }));
+}
+
+#[test]
+fn reply_to_a_timed_out_request_is_not_a_reply() {
+    let now = Instant::now();
+    let (mut client, mut server) = pair(now);
+    client.request(&QueryRequest::default(), now).unwrap();
+    flow(&mut client, &mut server, now).unwrap();
+    let [Event::Request { envelope, .. }] = &events(&mut server)[..] else {
+        panic!()
+    };
+    let later = now + DEFAULT_REQUEST_TIMEOUT;
+    client.handle_timeout(later).unwrap();
+    events(&mut client);
+    server
+        .reply::<QueryRequest>(envelope, &Default::default(), later)
+        .unwrap();
+    flow(&mut server, &mut client, later).unwrap();
+    // An answer nobody waits for is handed over as an unsolicited message.
+    let [Event::Request { envelope, .. }] = &events(&mut client)[..] else {
+        panic!()
+    };
+    assert_eq!(envelope.command, "queryreply");
+}
