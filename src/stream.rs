@@ -1,1 +1,0 @@
-//! stream (work in progress)
