@@ -9,7 +9,13 @@
 pub use self::openiap::*;
 
 /// Package `openiap`: the Envelope, every request, response and record.
-#[allow(missing_docs, clippy::all, unreachable_pub, unused_qualifications)]
+#[allow(
+    missing_docs,
+    clippy::all,
+    clippy::use_self,
+    unreachable_pub,
+    unused_qualifications
+)]
 pub mod openiap {
     include!(concat!(env!("OUT_DIR"), "/openiap.rs"));
 }
@@ -17,7 +23,13 @@ pub mod openiap {
 /// Well-known types compiled from the `google.protobuf` package.
 pub mod google {
     /// `google.protobuf` (Any and Timestamp), compiled with `Bytes` fields.
-    #[allow(missing_docs, clippy::all, unreachable_pub, unused_qualifications)]
+    #[allow(
+    missing_docs,
+    clippy::all,
+    clippy::use_self,
+    unreachable_pub,
+    unused_qualifications
+)]
     pub mod protobuf {
         include!(concat!(env!("OUT_DIR"), "/google.protobuf.rs"));
     }
