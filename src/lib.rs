@@ -7,6 +7,8 @@ pub mod connection;
 pub mod envelope;
 pub mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod proto;
 pub mod reorder;
 pub mod stream;
