@@ -1,1 +1,1163 @@
-//! frame (work in progress)
+//! Length-delimited framing of Envelopes, sans-IO.
+//!
+//! Over a TCP socket, a pipe and a WebSocket, every `openiap.Envelope` travels
+//! as one frame: a 4-byte unsigned little-endian length, then that many bytes
+//! of the encoded Envelope. The length does not count the prefix itself.
+//!
+//! ```text
+//! +----------------------+-------------------------------------------+
+//! | length: u32 LE       | body: `length` bytes                      |
+//! | (LENGTH_PREFIX_LEN)  | (protobuf encoding of openiap.Envelope)   |
+//! +----------------------+-------------------------------------------+
+//! ```
+//!
+//! This module does no IO. [`FrameDecoder`] takes received bytes in chunks of
+//! any size (a frame may span many chunks, one chunk may hold many frames) and
+//! hands out each frame body as a [`Bytes`] that shares the receive buffer.
+//! [`encode_frame`] and [`FrameEncoder`] write prefix and body into one
+//! contiguous buffer, so an IO layer needs one write per Envelope.
+//!
+//! # Decoder states
+//!
+//! ```text
+//!                 4 bytes buffered, len <= max
+//!     +------+ -----------------------------------> +-----------+
+//!     | Head |                                      | Data(len) |
+//!     +------+ <----------------------------------- +-----------+
+//!        |        len bytes buffered: yield the body
+//!        |
+//!        | len > max, or len == 0 under ZeroLengthPolicy::Reject,
+//!        | or finish() with bytes left
+//!        v
+//!   +----------+
+//!   | Poisoned |  every later decode()/finish() returns the same error;
+//!   +----------+  the buffer is released and later input is discarded
+//! ```
+//!
+//! # Receive buffer
+//!
+//! The declared length is checked against the limit **before** anything is
+//! reserved, and it is never reserved up front: a 4-byte prefix declaring
+//! 4 GiB costs nothing. Memory follows the bytes actually received.
+//!
+//! | event                                   | buffer                                              |
+//! |-----------------------------------------|-----------------------------------------------------|
+//! | [`push`](FrameDecoder::push)            | bytes appended (amortised doubling: capacity stays within about 2x the buffered bytes) |
+//! | [`read_buf`](FrameDecoder::read_buf)    | at least [`read_step`](FrameConfig::read_step) spare bytes ensured, reserved in that step |
+//! | [`push_bytes`](FrameDecoder::push_bytes)| adopted without a copy when the decoder holds nothing and the `Bytes` is unique, else appended |
+//! | a frame is decoded                      | `split_to(len).freeze()`: the body shares the buffer, no copy |
+//! | after a frame from a buffer larger than [`shrink_threshold`](FrameConfig::shrink_threshold), with at most `read_step` bytes left | the leftover moves to a fresh buffer of `read_step` bytes, so the large allocation is freed once the caller drops its frames |
+//! | an error                                | buffer released, later input discarded              |
+//!
+//! # Zero-length frames
+//!
+//! A zero-length frame is a valid encoding of an all-default Envelope, and by
+//! default ([`ZeroLengthPolicy::Deliver`]) it decodes as an empty [`Bytes`].
+//! The Node peer, however, loses sync when it receives one followed by more
+//! bytes (PROTOCOL.md, "Framing"), so the encoder never emits one: an
+//! all-default Envelope is written as the two bytes `0x0A 0x00` (field 1,
+//! `command`, explicitly empty), which still decodes as the all-default
+//! Envelope.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message;
+
+use crate::proto::Envelope;
+
+/// Size of the little-endian `u32` length that precedes every frame body.
+pub const LENGTH_PREFIX_LEN: usize = 4;
+
+/// Default limit on a frame body, in bytes: 64 MiB.
+///
+/// The limit bounds what one peer can make us buffer: a frame is only
+/// delivered whole, and the receive buffer may reach about twice the largest
+/// frame while it grows. 64 MiB is the largest WebSocket message the Rust
+/// reference client accepts, so every frame that client can receive also
+/// passes here. It is far above what the reference clients send in one
+/// Envelope (file chunks are 256 KiB from Node and 1 MiB from Rust), leaving
+/// room for large query results, while staying well below the 2 GiB at which
+/// the Node parser fails (prefixes of 2^31 and above read as negative).
+/// tokio-util (8 MiB) and tonic (4 MiB) choose smaller defaults because they
+/// carry arbitrary protocols; raise or lower it with
+/// [`FrameConfig::set_max_frame_length`].
+pub const DEFAULT_MAX_FRAME_LENGTH: usize = 64 * 1024 * 1024;
+
+/// Default growth step of the receive buffer: 8 KiB.
+pub const DEFAULT_READ_STEP: usize = 8 * 1024;
+
+/// Smallest accepted growth step; [`FrameConfig::set_read_step`] raises
+/// smaller values to this one.
+pub const MIN_READ_STEP: usize = 64;
+
+/// Default capacity above which a drained receive buffer is replaced by a
+/// small one: 64 KiB.
+pub const DEFAULT_SHRINK_THRESHOLD: usize = 64 * 1024;
+
+/// The body written for an all-default Envelope instead of a zero-length
+/// frame: field 1 (`command`, wire type 2) with length 0.
+const EMPTY_ENVELOPE_BODY: [u8; 2] = [0x0A, 0x00];
+
+/// What the decoder does with a frame whose length prefix is zero.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ZeroLengthPolicy {
+    /// Deliver it as an empty [`Bytes`], which the envelope layer decodes as
+    /// an all-default Envelope (what the Rust reference client does).
+    #[default]
+    Deliver,
+    /// Fail with [`FrameError::Empty`]: neither reference client ever sends
+    /// an empty Envelope, so a strict endpoint may treat one as a violation.
+    Reject,
+}
+
+/// Framing settings shared by [`FrameDecoder`] and [`FrameEncoder`].
+///
+/// Built from [`Default`] and adjusted with `&mut self` setters:
+///
+/// ```
+/// use openiap_wire::frame::{FrameConfig, FrameDecoder};
+///
+/// let mut config = FrameConfig::default();
+/// config.set_max_frame_length(1024 * 1024).set_read_step(16 * 1024);
+/// let decoder = FrameDecoder::new(config);
+/// assert_eq!(decoder.config().max_frame_length(), 1024 * 1024);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameConfig {
+    max_frame_length: usize,
+    read_step: usize,
+    shrink_threshold: usize,
+    zero_length: ZeroLengthPolicy,
+}
+
+impl Default for FrameConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_length: DEFAULT_MAX_FRAME_LENGTH,
+            read_step: DEFAULT_READ_STEP,
+            shrink_threshold: DEFAULT_SHRINK_THRESHOLD,
+            zero_length: ZeroLengthPolicy::default(),
+        }
+    }
+}
+
+impl FrameConfig {
+    /// Largest accepted frame body in bytes (prefix excluded).
+    pub fn max_frame_length(&self) -> usize {
+        self.max_frame_length
+    }
+
+    /// Sets the largest frame body, in bytes, that is decoded or encoded.
+    ///
+    /// The prefix is a `u32`, so values above `u32::MAX` act as `u32::MAX`.
+    pub fn set_max_frame_length(&mut self, max: usize) -> &mut Self {
+        self.max_frame_length = max;
+        self
+    }
+
+    /// Spare capacity that [`FrameDecoder::read_buf`] ensures, and the step in
+    /// which it grows the buffer.
+    pub fn read_step(&self) -> usize {
+        self.read_step
+    }
+
+    /// Sets the read step; values below [`MIN_READ_STEP`] are raised to it.
+    pub fn set_read_step(&mut self, step: usize) -> &mut Self {
+        self.read_step = step.max(MIN_READ_STEP);
+        self
+    }
+
+    /// Buffer size above which a (nearly) drained receive buffer is replaced
+    /// by a small one.
+    pub fn shrink_threshold(&self) -> usize {
+        self.shrink_threshold
+    }
+
+    /// Sets the shrink threshold. Keep it above [`read_step`](Self::read_step),
+    /// or the buffer is reallocated after nearly every frame.
+    pub fn set_shrink_threshold(&mut self, threshold: usize) -> &mut Self {
+        self.shrink_threshold = threshold;
+        self
+    }
+
+    /// What the decoder does with zero-length frames.
+    pub fn zero_length(&self) -> ZeroLengthPolicy {
+        self.zero_length
+    }
+
+    /// Sets the zero-length frame policy.
+    pub fn set_zero_length(&mut self, policy: ZeroLengthPolicy) -> &mut Self {
+        self.zero_length = policy;
+        self
+    }
+}
+
+/// Errors of the framing layer.
+///
+/// [`TooLarge`](Self::TooLarge), [`Empty`](Self::Empty) and
+/// [`Truncated`](Self::Truncated) come from received bytes and end the
+/// connection (the decoder is poisoned);
+/// [`EncodeTooLarge`](Self::EncodeTooLarge) is local and concerns only the
+/// Envelope that was being sent.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// A received length prefix declares a body above the configured limit.
+    /// Raised before any byte of the body is buffered.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Body length declared by the prefix.
+        len: u64,
+        /// The configured [`FrameConfig::max_frame_length`].
+        max: usize,
+    },
+    /// A zero-length frame arrived while [`ZeroLengthPolicy::Reject`] is set.
+    #[error("zero-length frame rejected by the configured policy")]
+    Empty,
+    /// Input ended in the middle of a frame.
+    #[error("input ended inside a frame: {buffered} bytes left")]
+    Truncated {
+        /// Bytes received but not delivered as a frame, prefix included.
+        buffered: usize,
+    },
+    /// An Envelope to be sent encodes to more bytes than the frame limit.
+    /// Nothing was written.
+    #[error("envelope encodes to {len} bytes, exceeding the frame limit of {max} bytes")]
+    EncodeTooLarge {
+        /// Encoded body length of the Envelope.
+        len: usize,
+        /// The limit in force (the configured one, at most `u32::MAX`).
+        max: usize,
+    },
+}
+
+/// Where the decoder is inside the current frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DecodeState {
+    /// Waiting for a length prefix.
+    Head,
+    /// Prefix consumed; waiting for a body of this many bytes.
+    Data(usize),
+}
+
+/// The decoding state machine, apart from the buffer it reads, so that
+/// [`FrameDecoder`] can run it over its own buffer and the tokio-util codec
+/// over the buffer `FramedRead` owns.
+#[derive(Clone, Debug)]
+pub(crate) struct FrameParser {
+    config: FrameConfig,
+    state: DecodeState,
+    error: Option<FrameError>,
+}
+
+impl FrameParser {
+    pub(crate) fn new(config: FrameConfig) -> Self {
+        Self {
+            config,
+            state: DecodeState::Head,
+            error: None,
+        }
+    }
+
+    pub(crate) fn config(&self) -> &FrameConfig {
+        &self.config
+    }
+
+    fn is_poisoned(&self) -> bool {
+        self.error.is_some()
+    }
+
+    /// Decodes the next frame body out of `buf` (see [`FrameDecoder::decode`]).
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        if let Some(err) = &self.error {
+            return Err(err.clone());
+        }
+        let result = self.step(buf);
+        if let Err(err) = &result {
+            self.poison(err.clone(), buf);
+        }
+        result
+    }
+
+    /// Reports bytes left at end of input (see [`FrameDecoder::finish`]).
+    pub(crate) fn finish(&mut self, buf: &mut BytesMut) -> Result<(), FrameError> {
+        if let Some(err) = &self.error {
+            return Err(err.clone());
+        }
+        match self.buffered(buf) {
+            0 => Ok(()),
+            buffered => {
+                let err = FrameError::Truncated { buffered };
+                self.poison(err.clone(), buf);
+                Err(err)
+            }
+        }
+    }
+
+    /// Bytes received and not yet delivered, including a consumed prefix.
+    pub(crate) fn buffered(&self, buf: &BytesMut) -> usize {
+        if self.is_poisoned() {
+            // Bytes appended through `read_buf` after an error are discarded.
+            return 0;
+        }
+        match self.state {
+            DecodeState::Head => buf.len(),
+            DecodeState::Data(_) => buf.len().saturating_add(LENGTH_PREFIX_LEN),
+        }
+    }
+
+    fn poison(&mut self, err: FrameError, buf: &mut BytesMut) {
+        self.error = Some(err);
+        self.state = DecodeState::Head;
+        *buf = BytesMut::new();
+    }
+
+    fn step(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        let len = match self.state {
+            DecodeState::Data(len) => len,
+            DecodeState::Head => {
+                let Some(len) = self.decode_head(buf)? else {
+                    return Ok(None);
+                };
+                self.state = DecodeState::Data(len);
+                len
+            }
+        };
+        if buf.len() < len {
+            return Ok(None);
+        }
+        let frame = buf.split_to(len).freeze();
+        self.state = DecodeState::Head;
+        self.shrink(buf, len);
+        Ok(Some(frame))
+    }
+
+    /// Reads and validates a length prefix; consumes it only when valid.
+    fn decode_head(&self, buf: &mut BytesMut) -> Result<Option<usize>, FrameError> {
+        let mut head: &[u8] = buf.as_ref();
+        let Ok(declared) = head.try_get_u32_le() else {
+            return Ok(None);
+        };
+        let max = self.config.max_frame_length;
+        let too_large = || FrameError::TooLarge {
+            len: u64::from(declared),
+            max,
+        };
+        let len = usize::try_from(declared).map_err(|_| too_large())?;
+        if len > max {
+            return Err(too_large());
+        }
+        if len == 0 && self.config.zero_length == ZeroLengthPolicy::Reject {
+            return Err(FrameError::Empty);
+        }
+        // `try_get_u32_le` succeeded, so at least LENGTH_PREFIX_LEN bytes are
+        // buffered.
+        buf.advance(LENGTH_PREFIX_LEN);
+        Ok(Some(len))
+    }
+
+    /// After a frame of `frame_len` bytes left the buffer: if the allocation
+    /// it came from is large and little is left, move the leftover to a small
+    /// buffer so that the large one is freed with the caller's frames.
+    fn shrink(&self, buf: &mut BytesMut, frame_len: usize) {
+        let allocation = frame_len.saturating_add(buf.capacity());
+        if allocation <= self.config.shrink_threshold || buf.len() > self.config.read_step {
+            return;
+        }
+        let mut small = BytesMut::with_capacity(self.config.read_step);
+        small.extend_from_slice(buf);
+        *buf = small;
+    }
+}
+
+/// Splits a byte stream into frame bodies; see the [module docs](self).
+///
+/// ```
+/// use openiap_wire::frame::FrameDecoder;
+///
+/// let mut decoder = FrameDecoder::default();
+/// decoder.push(&[3, 0, 0, 0, b'a']);
+/// assert_eq!(decoder.decode(), Ok(None));
+/// decoder.push(b"bc");
+/// assert_eq!(decoder.decode().unwrap().as_deref(), Some(&b"abc"[..]));
+/// decoder.finish().unwrap();
+/// ```
+#[derive(Clone, Debug)]
+pub struct FrameDecoder {
+    parser: FrameParser,
+    buf: BytesMut,
+}
+
+impl Default for FrameDecoder {
+    fn default() -> Self {
+        Self::new(FrameConfig::default())
+    }
+}
+
+impl FrameDecoder {
+    /// Creates a decoder; nothing is allocated until bytes arrive.
+    pub fn new(config: FrameConfig) -> Self {
+        Self {
+            parser: FrameParser::new(config),
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &FrameConfig {
+        self.parser.config()
+    }
+
+    /// Changes the frame limit. It applies from the next length prefix: a
+    /// frame whose prefix was already accepted still completes.
+    pub fn set_max_frame_length(&mut self, max: usize) -> &mut Self {
+        self.parser.config.set_max_frame_length(max);
+        self
+    }
+
+    /// Appends received bytes. After an error they are discarded.
+    pub fn push(&mut self, bytes: &[u8]) {
+        if !self.parser.is_poisoned() {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    /// Appends received bytes held in a [`Bytes`], such as a WebSocket
+    /// message. When the decoder holds no bytes and `bytes` is the only handle
+    /// to its allocation, the allocation is adopted as the receive buffer and
+    /// the frames decoded from it share it: no copy at all. Otherwise the
+    /// bytes are copied as by [`push`](Self::push).
+    pub fn push_bytes(&mut self, bytes: Bytes) {
+        if self.parser.is_poisoned() {
+            return;
+        }
+        if !self.buf.is_empty() {
+            self.buf.extend_from_slice(&bytes);
+            return;
+        }
+        match bytes.try_into_mut() {
+            Ok(adopted) => self.buf = adopted,
+            Err(shared) => self.buf.extend_from_slice(&shared),
+        }
+    }
+
+    /// The receive buffer, with at least [`FrameConfig::read_step`] bytes of
+    /// spare capacity, for IO code to read into without an intermediate
+    /// copy (for example with tokio's `AsyncReadExt::read_buf`). Only append
+    /// to it; bytes appended are decoded as if pushed.
+    ///
+    /// The buffer grows by one read step at a time, never by a declared frame
+    /// length. After an error it is emptied on every call.
+    pub fn read_buf(&mut self) -> &mut BytesMut {
+        if self.parser.is_poisoned() {
+            self.buf.clear();
+        }
+        let step = self.parser.config.read_step;
+        let spare = self.buf.capacity().saturating_sub(self.buf.len());
+        if spare < step {
+            self.buf.reserve(step);
+        }
+        &mut self.buf
+    }
+
+    /// Returns the next whole frame body, `Ok(None)` if more bytes are
+    /// needed. The body is a slice of the receive buffer (no copy). Call it
+    /// until it returns `Ok(None)` after every push.
+    ///
+    /// # Errors
+    ///
+    /// [`FrameError::TooLarge`] or [`FrameError::Empty`] for a bad prefix.
+    /// Any error poisons the decoder: this call and [`finish`](Self::finish)
+    /// return it again from then on.
+    pub fn decode(&mut self) -> Result<Option<Bytes>, FrameError> {
+        self.parser.decode(&mut self.buf)
+    }
+
+    /// Declares the end of input. Call it after [`decode`](Self::decode) has
+    /// returned `Ok(None)`.
+    ///
+    /// # Errors
+    ///
+    /// [`FrameError::Truncated`] when bytes of an incomplete frame are left
+    /// (this poisons the decoder), or the error that poisoned it earlier.
+    pub fn finish(&mut self) -> Result<(), FrameError> {
+        self.parser.finish(&mut self.buf)
+    }
+
+    /// Bytes received and not yet delivered as a frame, including a length
+    /// prefix already read. Zero after an error.
+    pub fn buffered(&self) -> usize {
+        self.parser.buffered(&self.buf)
+    }
+
+    /// Current capacity of the receive buffer in bytes.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
+/// Writes `envelope` as one frame (prefix and body) at the end of `dst`.
+///
+/// `dst` grows once, by exactly the frame size, so the frame is contiguous
+/// and can go out in one write. An all-default Envelope is written with the
+/// body `0x0A 0x00` rather than as a zero-length frame (see the
+/// [module docs](self#zero-length-frames)).
+///
+/// # Errors
+///
+/// [`FrameError::EncodeTooLarge`] when the body exceeds `max_frame_length`
+/// (or `u32::MAX`); `dst` is then left unchanged.
+pub fn encode_frame(
+    envelope: &Envelope,
+    max_frame_length: usize,
+    dst: &mut BytesMut,
+) -> Result<(), FrameError> {
+    let encoded_len = envelope.encoded_len();
+    let body_len = if encoded_len == 0 {
+        EMPTY_ENVELOPE_BODY.len()
+    } else {
+        encoded_len
+    };
+    let prefix_max = usize::try_from(u32::MAX).unwrap_or(usize::MAX);
+    let max = max_frame_length.min(prefix_max);
+    let too_large = FrameError::EncodeTooLarge { len: body_len, max };
+    if body_len > max {
+        return Err(too_large);
+    }
+    let (Ok(prefix), Some(frame_len)) = (
+        u32::try_from(body_len),
+        LENGTH_PREFIX_LEN.checked_add(body_len),
+    ) else {
+        return Err(too_large);
+    };
+    let start = dst.len();
+    dst.reserve(frame_len);
+    dst.put_u32_le(prefix);
+    if encoded_len == 0 {
+        dst.put_slice(&EMPTY_ENVELOPE_BODY);
+    } else if envelope.encode(dst).is_err() {
+        // Unreachable: `BytesMut` never runs out of room. Keep the promise
+        // that `dst` is unchanged on error anyway.
+        dst.truncate(start);
+        return Err(too_large);
+    }
+    Ok(())
+}
+
+/// Encodes Envelopes into frames with the limit of a [`FrameConfig`].
+///
+/// ```
+/// use bytes::BytesMut;
+/// use openiap_wire::frame::{FrameDecoder, FrameEncoder};
+/// use openiap_wire::proto::Envelope;
+///
+/// let envelope = Envelope { command: "ping".into(), id: "1".into(), ..Default::default() };
+/// let mut wire = BytesMut::new();
+/// FrameEncoder::default().encode(&envelope, &mut wire).unwrap();
+///
+/// let mut decoder = FrameDecoder::default();
+/// decoder.push(&wire);
+/// let body = decoder.decode().unwrap().unwrap();
+/// assert_eq!(<Envelope as prost::Message>::decode(body).unwrap(), envelope);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct FrameEncoder {
+    config: FrameConfig,
+}
+
+impl FrameEncoder {
+    /// Creates an encoder; only [`FrameConfig::max_frame_length`] applies.
+    pub fn new(config: FrameConfig) -> Self {
+        Self { config }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &FrameConfig {
+        &self.config
+    }
+
+    /// Appends `envelope` as one frame to `dst`; see [`encode_frame`].
+    ///
+    /// # Errors
+    ///
+    /// [`FrameError::EncodeTooLarge`], leaving `dst` unchanged.
+    pub fn encode(&self, envelope: &Envelope, dst: &mut BytesMut) -> Result<(), FrameError> {
+        encode_frame(envelope, self.config.max_frame_length, dst)
+    }
+}
+
+/// Frame limit used by [`fuzz_decode`].
+const FUZZ_MAX_FRAME_LENGTH: usize = 1024;
+/// Largest chunk [`fuzz_decode`] feeds at once.
+const FUZZ_MAX_CHUNK: usize = 64;
+/// Shrink threshold used by [`fuzz_decode`].
+const FUZZ_SHRINK_THRESHOLD: usize = 256;
+/// Capacity [`fuzz_decode`] never lets the decoder exceed: twice the largest
+/// frame with its prefix, one chunk and one read step (amortised doubling),
+/// plus the shrink threshold.
+const FUZZ_CAPACITY_BOUND: usize = 2
+    * (LENGTH_PREFIX_LEN + FUZZ_MAX_FRAME_LENGTH + FUZZ_MAX_CHUNK + MIN_READ_STEP)
+    + FUZZ_SHRINK_THRESHOLD;
+
+/// Fuzz body: feeds `data` through a [`FrameDecoder`] with a 1 KiB limit, in
+/// chunks whose sizes and feeding method (`push`, `push_bytes`, `read_buf`)
+/// the data itself chooses, and asserts the decoder's invariants: it never
+/// panics, errors are sticky, every byte pushed is either delivered (prefix
+/// included) or counted by `buffered()`, and capacity stays bounded.
+#[doc(hidden)]
+pub fn fuzz_decode(data: &[u8]) {
+    let Some((&seed, mut input)) = data.split_first() else {
+        return;
+    };
+    let mut config = FrameConfig::default();
+    config
+        .set_max_frame_length(FUZZ_MAX_FRAME_LENGTH)
+        .set_read_step(MIN_READ_STEP)
+        .set_shrink_threshold(FUZZ_SHRINK_THRESHOLD);
+    let reject_empty = seed & 1 == 1;
+    if reject_empty {
+        config.set_zero_length(ZeroLengthPolicy::Reject);
+    }
+    let mut decoder = FrameDecoder::new(config);
+    let mut pushed = 0usize;
+    let mut delivered = 0usize;
+    let mut failure: Option<FrameError> = None;
+
+    while let Some(&cut) = input.first() {
+        let take = (usize::from(cut) % FUZZ_MAX_CHUNK + 1).min(input.len());
+        let (chunk, rest) = input.split_at(take);
+        input = rest;
+        match ((cut >> 6) ^ (seed >> 1)) & 3 {
+            0 => decoder.push(chunk),
+            1 => decoder.push_bytes(Bytes::copy_from_slice(chunk)),
+            _ => decoder.read_buf().extend_from_slice(chunk),
+        }
+        pushed += chunk.len();
+        loop {
+            match decoder.decode() {
+                Ok(Some(frame)) => {
+                    assert!(failure.is_none(), "frame after an error");
+                    assert!(frame.len() <= FUZZ_MAX_FRAME_LENGTH);
+                    assert!(!(reject_empty && frame.is_empty()));
+                    delivered += LENGTH_PREFIX_LEN + frame.len();
+                }
+                Ok(None) => {
+                    assert!(failure.is_none(), "Ok(None) after an error");
+                    break;
+                }
+                Err(err) => {
+                    if let Some(first) = &failure {
+                        assert_eq!(first, &err, "error changed");
+                    }
+                    assert_eq!(decoder.decode(), Err(err.clone()), "error not sticky");
+                    failure = Some(err);
+                    break;
+                }
+            }
+        }
+        if failure.is_none() {
+            assert_eq!(pushed, delivered + decoder.buffered());
+            assert!(decoder.buffered() < LENGTH_PREFIX_LEN + FUZZ_MAX_FRAME_LENGTH);
+        } else {
+            assert_eq!(decoder.buffered(), 0);
+        }
+        assert!(
+            decoder.capacity() <= FUZZ_CAPACITY_BOUND,
+            "capacity {} above {FUZZ_CAPACITY_BOUND}",
+            decoder.capacity()
+        );
+    }
+
+    let buffered = decoder.buffered();
+    match decoder.finish() {
+        Ok(()) => {
+            assert!(failure.is_none());
+            assert_eq!(buffered, 0);
+        }
+        Err(err) => {
+            match &failure {
+                Some(first) => assert_eq!(first, &err),
+                None => assert_eq!(err, FrameError::Truncated { buffered }),
+            }
+            assert_eq!(decoder.finish(), Err(err.clone()));
+            assert_eq!(decoder.decode(), Err(err));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::google::protobuf::Any;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    fn frame(body: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(body.len()).unwrap();
+        let mut out = len.to_le_bytes().to_vec();
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn config_with_max(max: usize) -> FrameConfig {
+        let mut config = FrameConfig::default();
+        config.set_max_frame_length(max);
+        config
+    }
+
+    fn decode_all(decoder: &mut FrameDecoder) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        while let Some(frame) = decoder.decode().unwrap() {
+            out.push(frame);
+        }
+        out
+    }
+
+    fn sample_envelope() -> Envelope {
+        Envelope {
+            command: "getelement".into(),
+            seq: 7,
+            id: "42".into(),
+            data: Some(Any {
+                type_url: "type.googleapis.com/openiap.GetElementRequest".into(),
+                value: Bytes::from_static(b"\x0a\x03abc"),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn read_single_frame_one_packet() {
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&frame(b"abcdefghi"));
+        assert_eq!(
+            decode_all(&mut decoder),
+            vec![Bytes::from_static(b"abcdefghi")]
+        );
+        assert_eq!(decoder.buffered(), 0);
+        assert_eq!(decoder.finish(), Ok(()));
+    }
+
+    #[test]
+    fn read_single_frame_multi_packet() {
+        let mut decoder = FrameDecoder::default();
+        let wire = frame(b"abcdefghi");
+        let (last, init) = wire.split_last().unwrap();
+        for byte in init {
+            decoder.push(std::slice::from_ref(byte));
+            assert_eq!(decoder.decode(), Ok(None));
+        }
+        decoder.push(std::slice::from_ref(last));
+        assert_eq!(decoder.decode(), Ok(Some(Bytes::from_static(b"abcdefghi"))));
+    }
+
+    #[test]
+    fn read_multi_frame_one_packet() {
+        let mut decoder = FrameDecoder::default();
+        let mut wire = frame(b"abc");
+        wire.extend(frame(b"defgh"));
+        wire.extend(frame(b"i"));
+        decoder.push(&wire);
+        let frames = decode_all(&mut decoder);
+        assert_eq!(frames, [&b"abc"[..], b"defgh", b"i"]);
+    }
+
+    #[test]
+    fn read_incomplete_head() {
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&[9, 0]);
+        assert_eq!(decoder.decode(), Ok(None));
+        assert_eq!(decoder.buffered(), 2);
+    }
+
+    #[test]
+    fn read_incomplete_payload() {
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&frame(b"abcdefghij")[..9]);
+        assert_eq!(decoder.decode(), Ok(None));
+        assert_eq!(decoder.buffered(), 9);
+        decoder.push(b"fghij");
+        assert_eq!(
+            decoder.decode(),
+            Ok(Some(Bytes::from_static(b"abcdefghij")))
+        );
+    }
+
+    #[test]
+    fn read_max_frame_len() {
+        let mut decoder = FrameDecoder::new(config_with_max(16));
+        decoder.push(&frame(&[1; 16]));
+        assert_eq!(decoder.decode().unwrap().map(|f| f.len()), Some(16));
+        decoder.push(&frame(&[1; 17]));
+        assert_eq!(
+            decoder.decode(),
+            Err(FrameError::TooLarge { len: 17, max: 16 })
+        );
+    }
+
+    #[test]
+    fn read_update_max_frame_len_in_flight() {
+        let mut decoder = FrameDecoder::new(config_with_max(16));
+        let wire = frame(b"0123456789");
+        decoder.push(&wire[..6]);
+        assert_eq!(decoder.decode(), Ok(None));
+        decoder.set_max_frame_length(5);
+        decoder.push(&wire[6..]);
+        assert_eq!(decoder.decode().unwrap().map(|f| f.len()), Some(10));
+        decoder.push(&wire);
+        assert_eq!(
+            decoder.decode(),
+            Err(FrameError::TooLarge { len: 10, max: 5 })
+        );
+    }
+
+    #[test]
+    fn read_4gib_header_allocates_nothing() {
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&[0xFF; 4]);
+        assert_eq!(
+            decoder.decode(),
+            Err(FrameError::TooLarge {
+                len: u64::from(u32::MAX),
+                max: DEFAULT_MAX_FRAME_LENGTH
+            })
+        );
+        assert!(decoder.capacity() <= 64, "capacity {}", decoder.capacity());
+
+        // Even when the limit allows it, the declared length is not reserved.
+        let mut decoder = FrameDecoder::new(config_with_max(usize::MAX));
+        decoder.read_buf().extend_from_slice(&[0xFF; 4]);
+        assert_eq!(decoder.decode(), Ok(None));
+        decoder.read_buf().extend_from_slice(&[7; 100]);
+        assert_eq!(decoder.decode(), Ok(None));
+        assert_eq!(decoder.buffered(), 104);
+        assert!(decoder.capacity() <= 4 * DEFAULT_READ_STEP);
+    }
+
+    #[test]
+    fn read_buf_grows_in_bounded_steps() {
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&u32::try_from(32 << 20).unwrap().to_le_bytes());
+        let mut received = 0;
+        for _ in 0..64 {
+            let buf = decoder.read_buf();
+            assert!(buf.capacity() - buf.len() >= DEFAULT_READ_STEP);
+            buf.extend_from_slice(&[0; 1000]);
+            received += 1000;
+            assert_eq!(decoder.decode(), Ok(None));
+            assert!(decoder.capacity() <= 2 * (received + 2 * DEFAULT_READ_STEP));
+        }
+    }
+
+    #[test]
+    fn errors_are_sticky() {
+        let mut decoder = FrameDecoder::new(config_with_max(8));
+        decoder.push(&frame(&[0; 9]));
+        let err = FrameError::TooLarge { len: 9, max: 8 };
+        assert_eq!(decoder.decode(), Err(err.clone()));
+        decoder.push(&frame(b"ok"));
+        decoder.push_bytes(Bytes::from(frame(b"ok")));
+        decoder.read_buf().extend_from_slice(&frame(b"ok"));
+        assert_eq!(decoder.decode(), Err(err.clone()));
+        assert_eq!(decoder.finish(), Err(err.clone()));
+        assert_eq!(decoder.decode(), Err(err));
+        assert_eq!(decoder.buffered(), 0);
+    }
+
+    #[test]
+    fn finish_reports_truncated() {
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&frame(b"0123456789")[..7]);
+        assert_eq!(decoder.decode(), Ok(None));
+        let err = FrameError::Truncated { buffered: 7 };
+        assert_eq!(decoder.finish(), Err(err.clone()));
+        assert_eq!(decoder.decode(), Err(err));
+
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&[1, 0]);
+        assert_eq!(decoder.decode(), Ok(None));
+        assert_eq!(decoder.finish(), Err(FrameError::Truncated { buffered: 2 }));
+    }
+
+    #[test]
+    fn zero_length_frame() {
+        // The sequence that makes the Node parser lose sync.
+        let mut decoder = FrameDecoder::default();
+        let mut wire = frame(b"");
+        wire.extend(frame(b"abc"));
+        decoder.push(&wire);
+        let frames = decode_all(&mut decoder);
+        assert_eq!(frames, [&b""[..], b"abc"]);
+        assert_eq!(Envelope::decode(frames[0].clone()), Ok(Envelope::default()));
+    }
+
+    #[test]
+    fn zero_length_frame_rejected_by_policy() {
+        let mut config = FrameConfig::default();
+        config.set_zero_length(ZeroLengthPolicy::Reject);
+        let mut decoder = FrameDecoder::new(config);
+        decoder.push(&frame(b""));
+        assert_eq!(decoder.decode(), Err(FrameError::Empty));
+    }
+
+    #[test]
+    fn buffer_shrinks_after_large_frame() {
+        let mut decoder = FrameDecoder::default();
+        let wire = frame(&[5; 1 << 20]);
+        for chunk in wire.chunks(DEFAULT_READ_STEP) {
+            decoder.read_buf().extend_from_slice(chunk);
+        }
+        assert!(decoder.capacity() > 1 << 20);
+        let big = decoder.decode().unwrap().unwrap();
+        assert_eq!(big.len(), 1 << 20);
+        assert!(decoder.capacity() <= DEFAULT_READ_STEP);
+        drop(big);
+        decoder.push(&frame(b"small"));
+        assert_eq!(decoder.decode(), Ok(Some(Bytes::from_static(b"small"))));
+        assert!(decoder.capacity() <= DEFAULT_SHRINK_THRESHOLD);
+    }
+
+    #[test]
+    fn push_bytes_adopts_unique_buffer() {
+        let mut decoder = FrameDecoder::default();
+        let message = Bytes::from(frame(b"payload"));
+        let base = message.as_ptr();
+        decoder.push_bytes(message);
+        let body = decoder.decode().unwrap().unwrap();
+        assert_eq!(body, &b"payload"[..]);
+        assert_eq!(body.as_ptr(), base.wrapping_add(LENGTH_PREFIX_LEN));
+    }
+
+    #[test]
+    fn push_bytes_copies_shared_buffer() {
+        let mut decoder = FrameDecoder::default();
+        let message = Bytes::from(frame(b"payload"));
+        decoder.push_bytes(message.clone());
+        assert_eq!(decode_all(&mut decoder), [&b"payload"[..]]);
+        assert_eq!(message.len(), LENGTH_PREFIX_LEN + 7);
+    }
+
+    #[test]
+    fn decoded_frame_shares_read_buffer() {
+        let mut decoder = FrameDecoder::default();
+        let buf = decoder.read_buf();
+        buf.extend_from_slice(&frame(b"abc"));
+        let base = buf.as_ptr();
+        let body = decoder.decode().unwrap().unwrap();
+        assert_eq!(body.as_ptr(), base.wrapping_add(LENGTH_PREFIX_LEN));
+    }
+
+    #[test]
+    fn write_frame_is_one_contiguous_buffer() {
+        let envelope = sample_envelope();
+        let mut dst = BytesMut::from(&b"xy"[..]);
+        encode_frame(&envelope, DEFAULT_MAX_FRAME_LENGTH, &mut dst).unwrap();
+        let body = envelope.encode_to_vec();
+        assert_eq!(&dst[..2], b"xy");
+        assert_eq!(&dst[2..], frame(&body).as_slice());
+    }
+
+    #[test]
+    fn write_reserves_exactly_one_frame() {
+        let envelope = sample_envelope();
+        let mut dst = BytesMut::new();
+        encode_frame(&envelope, DEFAULT_MAX_FRAME_LENGTH, &mut dst).unwrap();
+        assert_eq!(dst.len(), LENGTH_PREFIX_LEN + envelope.encoded_len());
+        assert_eq!(dst.capacity(), dst.len());
+    }
+
+    #[test]
+    fn write_prefix_is_little_endian_body_length() {
+        let envelope = Envelope {
+            jwt: "j".repeat(300),
+            ..Default::default()
+        };
+        let mut dst = BytesMut::new();
+        encode_frame(&envelope, DEFAULT_MAX_FRAME_LENGTH, &mut dst).unwrap();
+        let body_len = u32::try_from(envelope.encoded_len()).unwrap();
+        assert_eq!(&dst[..4], body_len.to_le_bytes());
+        assert_eq!(body_len, 303);
+    }
+
+    #[test]
+    fn write_at_limit_ok() {
+        let envelope = sample_envelope();
+        let max = envelope.encoded_len();
+        let mut dst = BytesMut::new();
+        FrameEncoder::new(config_with_max(max))
+            .encode(&envelope, &mut dst)
+            .unwrap();
+        let mut decoder = FrameDecoder::new(config_with_max(max));
+        decoder.push(&dst);
+        let body = decoder.decode().unwrap().unwrap();
+        assert_eq!(Envelope::decode(body), Ok(envelope));
+    }
+
+    #[test]
+    fn write_too_large_leaves_dst_unchanged() {
+        let envelope = sample_envelope();
+        let max = envelope.encoded_len() - 1;
+        let mut dst = BytesMut::with_capacity(8);
+        dst.extend_from_slice(b"abc");
+        let capacity = dst.capacity();
+        assert_eq!(
+            encode_frame(&envelope, max, &mut dst),
+            Err(FrameError::EncodeTooLarge { len: max + 1, max })
+        );
+        assert_eq!(&dst[..], b"abc");
+        assert_eq!(dst.capacity(), capacity);
+    }
+
+    #[test]
+    fn write_default_envelope_is_never_zero_length() {
+        let mut dst = BytesMut::new();
+        encode_frame(&Envelope::default(), DEFAULT_MAX_FRAME_LENGTH, &mut dst).unwrap();
+        assert_eq!(&dst[..], [2, 0, 0, 0, 0x0A, 0x00]);
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&dst);
+        let body = decoder.decode().unwrap().unwrap();
+        assert_eq!(Envelope::decode(body), Ok(Envelope::default()));
+        assert_eq!(
+            encode_frame(&Envelope::default(), 1, &mut dst),
+            Err(FrameError::EncodeTooLarge { len: 2, max: 1 })
+        );
+    }
+
+    #[test]
+    fn frame_encoder_uses_config() {
+        let encoder = FrameEncoder::new(config_with_max(4));
+        assert_eq!(encoder.config().max_frame_length(), 4);
+        let mut dst = BytesMut::new();
+        assert!(matches!(
+            encoder.encode(&sample_envelope(), &mut dst),
+            Err(FrameError::EncodeTooLarge { max: 4, .. })
+        ));
+        assert!(dst.is_empty());
+    }
+
+    #[test]
+    fn read_step_is_clamped() {
+        let mut config = FrameConfig::default();
+        config.set_read_step(1);
+        assert_eq!(config.read_step(), MIN_READ_STEP);
+    }
+
+    #[test]
+    fn exercise_fuzz_decode() {
+        fuzz_decode(&[]);
+        fuzz_decode(&[0]);
+        fuzz_decode(&[0, 3, 0, 0, 0, 1, 2, 3, 0, 0, 0, 0]);
+        fuzz_decode(&[1, 0, 0, 0, 0]);
+        fuzz_decode(&[2, 0xFF, 0xFF, 0xFF, 0xFF, 1]);
+        let mut long = vec![6];
+        for _ in 0..40 {
+            long.extend(frame(&[0x41; 100]));
+        }
+        fuzz_decode(&long);
+    }
+
+    fn arb_envelope() -> impl Strategy<Value = Envelope> {
+        let payload =
+            (any::<String>(), vec(any::<u8>(), 0..512)).prop_map(|(type_url, value)| Any {
+                type_url,
+                value: value.into(),
+            });
+        (
+            (any::<String>(), any::<i32>(), any::<i32>(), any::<String>()),
+            (any::<String>(), proptest::option::of(payload)),
+            (any::<String>(), any::<String>(), any::<String>()),
+        )
+            .prop_map(
+                |((command, priority, seq, id), (rid, data), (jwt, traceid, spanid))| Envelope {
+                    command,
+                    priority,
+                    seq,
+                    id,
+                    rid,
+                    data,
+                    jwt,
+                    traceid,
+                    spanid,
+                },
+            )
+    }
+
+    /// Feeds `wire` cut at `cuts`, alternating the three ways in.
+    fn feed_split(decoder: &mut FrameDecoder, wire: &[u8], cuts: &[usize]) -> Vec<Bytes> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        cuts.sort_unstable();
+        cuts.push(wire.len());
+        let mut frames = Vec::new();
+        let mut start = 0;
+        for (i, end) in cuts.into_iter().enumerate() {
+            let piece = &wire[start..end];
+            start = end;
+            match i % 3 {
+                0 => decoder.push(piece),
+                1 => decoder.push_bytes(Bytes::copy_from_slice(piece)),
+                _ => decoder.read_buf().extend_from_slice(piece),
+            }
+            frames.extend(decode_all(decoder));
+        }
+        frames
+    }
+
+    proptest! {
+        #[test]
+        fn prop_encode_decode_roundtrip(envelopes in vec(arb_envelope(), 0..6)) {
+            let mut wire = BytesMut::new();
+            for envelope in &envelopes {
+                encode_frame(envelope, DEFAULT_MAX_FRAME_LENGTH, &mut wire).unwrap();
+            }
+            let mut decoder = FrameDecoder::default();
+            decoder.push_bytes(wire.freeze());
+            let decoded: Vec<Envelope> = decode_all(&mut decoder)
+                .into_iter()
+                .map(|body| {
+                    prop_assert!(!body.is_empty());
+                    Ok(Envelope::decode(body).unwrap())
+                })
+                .collect::<Result<_, TestCaseError>>()?;
+            prop_assert_eq!(decoded, envelopes);
+            prop_assert_eq!(decoder.finish(), Ok(()));
+        }
+
+        #[test]
+        fn prop_split_invariance(
+            bodies in vec(vec(any::<u8>(), 0..300), 0..8),
+            cuts in vec(any::<usize>(), 0..24),
+        ) {
+            let wire: Vec<u8> = bodies.iter().flat_map(|b| frame(b)).collect();
+            let mut decoder = FrameDecoder::default();
+            let frames = feed_split(&mut decoder, &wire, &cuts);
+            prop_assert_eq!(frames, bodies);
+            prop_assert_eq!(decoder.buffered(), 0);
+            prop_assert_eq!(decoder.finish(), Ok(()));
+        }
+
+        #[test]
+        fn prop_arbitrary_bytes_never_panic(data in vec(any::<u8>(), 0..4096)) {
+            fuzz_decode(&data);
+        }
+
+        #[test]
+        fn prop_memory_bounded_by_received_bytes(
+            declared in any::<u32>(),
+            pieces in vec(vec(any::<u8>(), 0..2048), 0..16),
+        ) {
+            let mut decoder = FrameDecoder::new(config_with_max(usize::MAX));
+            decoder.push(&declared.to_le_bytes());
+            let mut received = LENGTH_PREFIX_LEN;
+            for piece in &pieces {
+                decoder.read_buf().extend_from_slice(piece);
+                received += piece.len();
+                while decoder.decode().unwrap().is_some() {}
+                prop_assert!(decoder.buffered() <= received);
+                prop_assert!(
+                    decoder.capacity() <= 2 * (received + DEFAULT_READ_STEP) + DEFAULT_SHRINK_THRESHOLD,
+                    "capacity {} after {} bytes", decoder.capacity(), received
+                );
+            }
+        }
+    }
+}
