@@ -125,7 +125,9 @@ mod tests {
         let mut rest = SOCKET_C2S;
         while rest.len() >= 4 {
             let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-            let Some(body) = rest.get(4..4 + len) else { break };
+            let Some(body) = rest.get(4..4 + len) else {
+                break;
+            };
             envelope(body);
             rest = &rest[4 + len..];
         }

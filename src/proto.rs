@@ -24,12 +24,12 @@ pub mod openiap {
 pub mod google {
     /// `google.protobuf` (Any and Timestamp), compiled with `Bytes` fields.
     #[allow(
-    missing_docs,
-    clippy::all,
-    clippy::use_self,
-    unreachable_pub,
-    unused_qualifications
-)]
+        missing_docs,
+        clippy::all,
+        clippy::use_self,
+        unreachable_pub,
+        unused_qualifications
+    )]
     pub mod protobuf {
         include!(concat!(env!("OUT_DIR"), "/google.protobuf.rs"));
     }

@@ -88,8 +88,8 @@ use crate::frame::{FrameDecoder, LENGTH_PREFIX_LEN, encode_frame};
 use crate::proto::{
     BeginStream, EndStream, Envelope, ErrorResponse, PingRequest, Stat, Stream, UploadRequest,
 };
-pub use crate::reorder::seq_successor;
 use crate::reorder::ReorderBuffer;
+pub use crate::reorder::seq_successor;
 use crate::stream::{StreamSender, StreamState, StreamTable, sha256};
 
 /// [`Connection::poll_transmit`] stops adding frames once this many bytes
@@ -613,13 +613,12 @@ impl Connection {
 
     fn dispatch_error(&mut self, envelope: Envelope) {
         let validation = self.config.validation();
-        let error = unpack::<ErrorResponse>(&envelope, validation).unwrap_or_else(|e| {
-            ErrorResponse {
+        let error =
+            unpack::<ErrorResponse>(&envelope, validation).unwrap_or_else(|e| ErrorResponse {
                 message: format!("undecodable error payload: {e}"),
                 code: 0,
                 stack: String::new(),
-            }
-        });
+            });
         let rid = envelope.rid.as_str();
         let mut taken = false;
         if !rid.is_empty() {

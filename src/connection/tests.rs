@@ -64,7 +64,14 @@ fn request_reply_is_matched_by_rid() {
         .reply::<SigninRequest>(envelope, &SigninResponse::default(), now)
         .unwrap();
     flow(&mut server, &mut client, now).unwrap();
-    let [Event::Reply { request_id, request_command, envelope }] = &events(&mut client)[..] else {
+    let [
+        Event::Reply {
+            request_id,
+            request_command,
+            envelope,
+        },
+    ] = &events(&mut client)[..]
+    else {
         panic!("expected one reply");
     };
     assert_eq!((request_id, request_command.as_str()), (&id, "signin"));
@@ -105,11 +112,20 @@ fn ping_is_answered_with_pong_and_the_pong_resolves_the_request() {
     flow(&mut client, &mut server, now).unwrap();
     assert_eq!(events(&mut server), [Event::Ping { id: id.clone() }]);
     flow(&mut server, &mut client, now).unwrap();
-    let [Event::Reply { request_id, envelope, .. }] = &events(&mut client)[..] else {
+    let [
+        Event::Reply {
+            request_id,
+            envelope,
+            ..
+        },
+    ] = &events(&mut client)[..]
+    else {
         panic!("expected the pong");
     };
     assert_eq!((request_id, envelope.command.as_str()), (&id, "pong"));
-    envelope.unpack::<PingResponse>(Validation::Lenient).unwrap();
+    envelope
+        .unpack::<PingResponse>(Validation::Lenient)
+        .unwrap();
 }
 
 #[test]
@@ -130,7 +146,10 @@ fn unknown_command_is_rejected_with_an_error_reply() {
     let [Event::Request { envelope, payload }] = &events(&mut client)[..] else {
         panic!("expected the error envelope");
     };
-    assert_eq!((envelope.command.as_str(), envelope.rid.as_str()), ("error", id.as_str()));
+    assert_eq!(
+        (envelope.command.as_str(), envelope.rid.as_str()),
+        ("error", id.as_str())
+    );
     let Payload::ErrorResponse(response) = payload else {
         panic!("expected an ErrorResponse");
     };
@@ -182,7 +201,11 @@ fn duplicate_seq_is_fatal_sticky_and_explained_to_the_peer() {
     let sent: Vec<Envelope> = std::iter::from_fn(|| server.poll_envelope()).collect();
     assert_eq!(sent.len(), 2);
     let notice = sent[1].unpack::<ErrorResponse>(Validation::Strict).unwrap();
-    assert!(notice.message.contains("duplicate seq 0"), "{}", notice.message);
+    assert!(
+        notice.message.contains("duplicate seq 0"),
+        "{}",
+        notice.message
+    );
 }
 
 #[test]
@@ -211,16 +234,25 @@ fn request_timeout_fails_the_request_once() {
     let id = client.request(&QueryRequest::default(), now).unwrap();
     let deadline = client.poll_timeout().unwrap();
     assert_eq!(deadline, now + DEFAULT_REQUEST_TIMEOUT);
-    client.handle_timeout(deadline - Duration::from_millis(1)).unwrap();
+    client
+        .handle_timeout(deadline - Duration::from_millis(1))
+        .unwrap();
     assert!(events(&mut client).is_empty());
     client.handle_timeout(deadline).unwrap();
-    let [Event::RequestFailed { request_id, error, .. }] = &events(&mut client)[..] else {
+    let [
+        Event::RequestFailed {
+            request_id, error, ..
+        },
+    ] = &events(&mut client)[..]
+    else {
         panic!("expected a timeout");
     };
     assert_eq!(request_id, &id);
     assert!(matches!(error, Error::RequestTimedOut { .. }));
     assert_eq!(client.pending_requests(), 0);
-    client.handle_timeout(deadline + Duration::from_secs(60)).unwrap();
+    client
+        .handle_timeout(deadline + Duration::from_secs(60))
+        .unwrap();
     assert!(events(&mut client).is_empty());
 }
 
@@ -238,7 +270,9 @@ fn keepalive_pings_after_idle_interval_and_idle_timeout_is_fatal() {
     let ping = conn.poll_envelope().expect("a keepalive ping");
     assert_eq!(ping.command, "ping");
     assert_eq!(conn.pending_requests(), 0, "keepalives are not pending");
-    let err = conn.handle_timeout(now + Duration::from_secs(90)).unwrap_err();
+    let err = conn
+        .handle_timeout(now + Duration::from_secs(90))
+        .unwrap_err();
     assert!(matches!(err, Error::PeerSilent { .. }));
 }
 
@@ -304,7 +338,10 @@ fn clean_eof_closes() {
     let now = Instant::now();
     let (mut client, _) = pair(now);
     client.handle_eof().unwrap();
-    assert_eq!(client.send(envelope("ping", 0, ""), now), Err(Error::Closed));
+    assert_eq!(
+        client.send(envelope("ping", 0, ""), now),
+        Err(Error::Closed)
+    );
 }
 
 #[test]
@@ -317,8 +354,16 @@ fn upload_is_received_in_order_and_verified() {
         .unwrap();
     flow(&mut client, &mut server, now).unwrap();
     let got = events(&mut server);
-    assert!(matches!(&got[0], Event::Request { payload: Payload::UploadRequest(_), .. }));
-    assert!(matches!(&got[1], Event::StreamStarted { rid, started } if *rid == id && started.was_expected));
+    assert!(matches!(
+        &got[0],
+        Event::Request {
+            payload: Payload::UploadRequest(_),
+            ..
+        }
+    ));
+    assert!(
+        matches!(&got[1], Event::StreamStarted { rid, started } if *rid == id && started.was_expected)
+    );
     let mut received = BytesMut::new();
     for event in &got[2..got.len() - 1] {
         let Event::StreamChunk { data, .. } = event else {
@@ -393,7 +438,9 @@ fn error_mid_stream_fails_transfer_and_request() {
     flow(&mut server, &mut client, now).unwrap();
     let got = events(&mut client);
     assert!(matches!(&got[0], Event::StreamStarted { .. }));
-    assert!(matches!(&got[1], Event::StreamFailed { error: StreamError::PeerError { message, .. }, .. } if message == "disk gone"));
+    assert!(
+        matches!(&got[1], Event::StreamFailed { error: StreamError::PeerError { message, .. }, .. } if message == "disk gone")
+    );
     assert!(matches!(&got[2], Event::PeerError { request_id, .. } if *request_id == id));
 }
 
@@ -417,12 +464,19 @@ fn zero_length_frame_is_rejected_not_fatal() {
 fn grpc_envelopes_follow_the_same_seq_rules() {
     let now = Instant::now();
     let (_, mut server) = pair(now);
-    server.handle_envelope(envelope("ping", 1, "b"), now).unwrap();
+    server
+        .handle_envelope(envelope("ping", 1, "b"), now)
+        .unwrap();
     assert!(events(&mut server).is_empty(), "held until seq 0");
-    server.handle_envelope(envelope("ping", 0, "a"), now).unwrap();
+    server
+        .handle_envelope(envelope("ping", 0, "a"), now)
+        .unwrap();
     assert_eq!(
         events(&mut server),
-        [Event::Ping { id: "a".into() }, Event::Ping { id: "b".into() }]
+        [
+            Event::Ping { id: "a".into() },
+            Event::Ping { id: "b".into() }
+        ]
     );
     let err = server
         .handle_envelope(envelope("ping", 0, "c"), now)
