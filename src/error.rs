@@ -98,10 +98,13 @@ impl Error {
     /// Whether the error ends the whole connection (GOAWAY-like), rather
     /// than one request or one transfer (RST_STREAM-like).
     pub fn is_connection_fatal(&self) -> bool {
-        matches!(
-            self,
-            Self::Frame(_) | Self::Seq(_) | Self::PeerSilent { .. } | Self::Closed
-        ) || matches!(self, Self::Stream(StreamError::TooManyOpen { .. }))
+        match self {
+            // Encoding too large is local: nothing was written.
+            Self::Frame(FrameError::EncodeTooLarge { .. }) => false,
+            Self::Frame(_) | Self::Seq(_) | Self::PeerSilent { .. } | Self::Closed => true,
+            Self::Stream(StreamError::TooManyOpen { .. }) => true,
+            _ => false,
+        }
     }
 
     /// The rid of the transfer the error belongs to, if it is one.
@@ -116,7 +119,7 @@ impl Error {
     /// docs; the reference server mostly sends 0, which no peer interprets).
     pub fn code(&self) -> i32 {
         match self {
-            Self::Frame(FrameError::TooLarge { .. }) => 413,
+            Self::Frame(FrameError::TooLarge { .. } | FrameError::EncodeTooLarge { .. }) => 413,
             Self::Command(CommandError::UnknownCommand { .. }) => 404,
             Self::Stream(StreamError::ChecksumMismatch { .. }) => 422,
             Self::Stream(StreamError::TooLarge { .. }) => 413,

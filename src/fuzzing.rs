@@ -61,12 +61,12 @@ pub fn server_connection(data: &[u8]) {
         while conn.poll_transmit(&mut out) > 0 {
             out.clear();
         }
-        if let Err(error) = result {
-            if error.is_connection_fatal() {
-                assert_eq!(conn.handle_bytes(b"x", now), Err(error.clone()));
-                assert_eq!(conn.error(), Some(&error));
-                return;
-            }
+        if let Err(error) = result
+            && error.is_connection_fatal()
+        {
+            assert_eq!(conn.handle_bytes(b"x", now), Err(error.clone()));
+            assert_eq!(conn.error(), Some(&error));
+            return;
         }
         assert!(conn.pending_requests() <= 8);
         assert!(conn.open_streams() <= 4);

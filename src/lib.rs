@@ -1,6 +1,4 @@
-//! openiap-wire: the sans-IO core of the OpenIAP Flow wire protocol.
-//!
-//! (Crate docs with a runnable example are written once the modules land.)
+#![doc = include_str!("../README.md")]
 
 pub mod command;
 pub mod connection;
@@ -15,5 +13,7 @@ pub mod stream;
 
 #[cfg(feature = "codec")]
 pub mod codec;
+#[cfg(feature = "transport")]
+pub mod transport;
 
 pub use error::Error;

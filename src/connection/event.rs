@@ -21,8 +21,9 @@ pub enum Event {
     Request {
         /// The envelope (its `data` still holds the encoded payload).
         envelope: Envelope,
-        /// The decoded payload.
-        payload: Payload,
+        /// The decoded payload (boxed: the largest schema messages would
+        /// otherwise size every event).
+        payload: Box<Payload>,
     },
     /// A received message that could not be taken: unknown command, bad
     /// payload, no id. When it was a request (rid empty, id set) the

@@ -294,14 +294,14 @@ impl Connection {
                 });
             }
         }
-        if let Some(interval) = self.config.keepalive_interval() {
-            if now.saturating_duration_since(self.last_send) >= interval {
-                // A keepalive expects no answer (the Node peer never sends
-                // one), so it is not a pending request.
-                let mut ping = pack(&PingRequest {});
-                ping.id = self.fresh_id();
-                self.queue(ping, now);
-            }
+        if let Some(interval) = self.config.keepalive_interval()
+            && now.saturating_duration_since(self.last_send) >= interval
+        {
+            // A keepalive expects no answer (the Node peer never sends one),
+            // so it is not a pending request.
+            let mut ping = pack(&PingRequest {});
+            ping.id = self.fresh_id();
+            self.queue(ping, now);
         }
         Ok(())
     }
@@ -374,11 +374,12 @@ impl Connection {
             && lookup(&envelope.command).is_some_and(|spec| spec.kind == CommandKind::Request);
         if is_request {
             self.add_pending(&envelope, now)?;
-            if self.role == Role::Client && envelope.command == "download" {
-                if let Err(e) = self.streams.expect(&envelope.id) {
-                    self.remove_pending(&envelope.id);
-                    return Err(e.into());
-                }
+            if self.role == Role::Client
+                && envelope.command == "download"
+                && let Err(e) = self.streams.expect(&envelope.id)
+            {
+                self.remove_pending(&envelope.id);
+                return Err(e.into());
             }
         }
         let id = envelope.id.clone();
@@ -598,13 +599,13 @@ impl Connection {
             Err(error) => {
                 // The part itself is malformed: the transfer cannot be
                 // trusted any more.
-                if self.streams.abort(rid).is_ok() {
-                    if let Some(StreamState::Failed(failure)) = self.streams.state(rid) {
-                        self.events.push_back(Event::StreamFailed {
-                            rid: rid.to_owned(),
-                            error: failure,
-                        });
-                    }
+                if self.streams.abort(rid).is_ok()
+                    && let Some(StreamState::Failed(failure)) = self.streams.state(rid)
+                {
+                    self.events.push_back(Event::StreamFailed {
+                        rid: rid.to_owned(),
+                        error: failure,
+                    });
                 }
                 self.reject(envelope, error, now);
             }
@@ -621,14 +622,14 @@ impl Connection {
             });
         let rid = envelope.rid.as_str();
         let mut taken = false;
-        if !rid.is_empty() {
-            if let Err(failure) = self.streams.recv_error(rid, &error) {
-                taken = true;
-                self.events.push_back(Event::StreamFailed {
-                    rid: rid.to_owned(),
-                    error: failure,
-                });
-            }
+        if !rid.is_empty()
+            && let Err(failure) = self.streams.recv_error(rid, &error)
+        {
+            taken = true;
+            self.events.push_back(Event::StreamFailed {
+                rid: rid.to_owned(),
+                error: failure,
+            });
         }
         if let Some(pending) = self.remove_pending(rid) {
             self.events.push_back(Event::PeerError {
@@ -641,7 +642,7 @@ impl Connection {
             // disconnect, or answering a request that already timed out.
             self.events.push_back(Event::Request {
                 envelope,
-                payload: crate::command::Payload::ErrorResponse(error),
+                payload: Box::new(crate::command::Payload::ErrorResponse(error)),
             });
         }
     }
@@ -660,7 +661,7 @@ impl Connection {
         }
         self.events.push_back(Event::Request {
             envelope,
-            payload: decoded,
+            payload: Box::new(decoded),
         });
     }
 
@@ -757,13 +758,13 @@ impl Connection {
     fn shut_down(&mut self, error: Error) {
         let open: Vec<String> = self.streams.open_rids().map(str::to_owned).collect();
         for rid in open {
-            if self.streams.abort(&rid).is_ok() {
-                if let Some(StreamState::Failed(failure)) = self.streams.state(&rid) {
-                    self.events.push_back(Event::StreamFailed {
-                        rid,
-                        error: failure,
-                    });
-                }
+            if self.streams.abort(&rid).is_ok()
+                && let Some(StreamState::Failed(failure)) = self.streams.state(&rid)
+            {
+                self.events.push_back(Event::StreamFailed {
+                    rid,
+                    error: failure,
+                });
             }
         }
         let mut pending: Vec<(String, Pending)> = self.pending.drain().collect();

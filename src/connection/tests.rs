@@ -59,7 +59,7 @@ fn request_reply_is_matched_by_rid() {
     let [Event::Request { envelope, payload }] = &events(&mut server)[..] else {
         panic!("expected one request");
     };
-    assert!(matches!(payload, Payload::SigninRequest(_)));
+    assert!(matches!(**payload, Payload::SigninRequest(_)));
     server
         .reply::<SigninRequest>(envelope, &SigninResponse::default(), now)
         .unwrap();
@@ -150,7 +150,7 @@ fn unknown_command_is_rejected_with_an_error_reply() {
         (envelope.command.as_str(), envelope.rid.as_str()),
         ("error", id.as_str())
     );
-    let Payload::ErrorResponse(response) = payload else {
+    let Payload::ErrorResponse(response) = &**payload else {
         panic!("expected an ErrorResponse");
     };
     assert_eq!(response.code, 404);
@@ -354,13 +354,10 @@ fn upload_is_received_in_order_and_verified() {
         .unwrap();
     flow(&mut client, &mut server, now).unwrap();
     let got = events(&mut server);
-    assert!(matches!(
-        &got[0],
-        Event::Request {
-            payload: Payload::UploadRequest(_),
-            ..
-        }
-    ));
+    let Event::Request { payload, .. } = &got[0] else {
+        panic!("expected the upload request")
+    };
+    assert!(matches!(**payload, Payload::UploadRequest(_)));
     assert!(
         matches!(&got[1], Event::StreamStarted { rid, started } if *rid == id && started.was_expected)
     );
