@@ -1,0 +1,205 @@
+//! [`Driver`]: runs one [`Transport`] and the connection's timers.
+//!
+//! One call to [`Driver::drive`] does what is possible without waiting and
+//! returns as soon as the owner has something to do:
+//!
+//! | happened                                   | `drive` returns            |
+//! |--------------------------------------------|----------------------------|
+//! | bytes arrived and were fed                 | `Ok(Status::Progress)`     |
+//! | a timer fired and was handled              | `Ok(Status::Progress)`     |
+//! | the transmit queue ran empty (top it up)   | `Ok(Status::Progress)`     |
+//! | the peer closed its side                   | `Ok(Status::Closed)`       |
+//! | a fatal protocol error                     | notice flushed, `Err(Protocol)` |
+//! | an IO error                                | `Err(Io)` / `Err(WebSocket)` |
+//!
+//! Writing goes on in every call, so a peer that floods us cannot stall our
+//! own output. `drive` keeps its state in the driver and the connection, so
+//! it is cancel-safe: it may sit in a `select!` beside a shutdown signal.
+
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Instant;
+
+use tokio::time::Sleep;
+
+use super::{FLUSH_TIMEOUT, Recv, Transport, TransportError};
+use crate::connection::Connection;
+
+/// What [`Driver::drive`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Status {
+    /// Something happened: poll the connection's events, top up sends.
+    Progress,
+    /// The peer closed the connection; the connection was told
+    /// ([`Connection::handle_eof`]) and its events say what failed.
+    Closed,
+}
+
+/// Moves bytes and time between a [`Transport`] and a [`Connection`].
+pub struct Driver<T> {
+    io: T,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<T> std::fmt::Debug for Driver<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver").finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport> Driver<T> {
+    /// A driver for `io`.
+    pub fn new(io: T) -> Self {
+        Self {
+            io,
+            timer: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
+        }
+    }
+
+    /// The transport.
+    pub fn get_mut(&mut self) -> &mut T {
+        &mut self.io
+    }
+
+    /// Sends what is queued, reads what arrives, runs due timers; returns on
+    /// the first of the outcomes in the [module table](self).
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::Protocol`] after a connection-fatal error (the
+    /// peer's notice has been flushed and the transport closed), or an IO
+    /// error.
+    pub async fn drive(&mut self, conn: &mut Connection) -> Result<Status, TransportError> {
+        let had_transmit = conn.has_transmit();
+        let result = poll_fn(|cx| {
+            if let Poll::Ready(Err(e)) = self.io.poll_send(cx, conn) {
+                return Poll::Ready(Err(e));
+            }
+            let now = Instant::now();
+            match self.io.poll_recv(cx, conn, now) {
+                Poll::Ready(Ok(Recv::Data)) => return Poll::Ready(Ok(Status::Progress)),
+                Poll::Ready(Ok(Recv::Eof)) => {
+                    return Poll::Ready(match conn.handle_eof() {
+                        Ok(()) => Ok(Status::Closed),
+                        Err(e) => Err(TransportError::Protocol(e)),
+                    });
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+            }
+            if let Some(at) = conn.poll_timeout() {
+                self.timer.as_mut().reset(at.into());
+                if self.timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(match conn.handle_timeout(Instant::now()) {
+                        Ok(()) => Ok(Status::Progress),
+                        Err(e) => Err(TransportError::Protocol(e)),
+                    });
+                }
+            }
+            if had_transmit && !conn.has_transmit() {
+                return Poll::Ready(Ok(Status::Progress));
+            }
+            Poll::Pending
+        })
+        .await;
+        if let Err(TransportError::Protocol(e)) = &result
+            && e.is_connection_fatal()
+        {
+            let _ = tokio::time::timeout(FLUSH_TIMEOUT, self.close(conn)).await;
+        }
+        result
+    }
+
+    /// Writes everything the connection has queued and flushes it.
+    ///
+    /// # Errors
+    ///
+    /// An IO or WebSocket error.
+    pub async fn flush(&mut self, conn: &mut Connection) -> Result<(), TransportError> {
+        poll_fn(|cx| self.io.poll_send(cx, conn)).await
+    }
+
+    /// Flushes what is queued, then closes our side.
+    ///
+    /// # Errors
+    ///
+    /// An IO or WebSocket error.
+    pub async fn close(&mut self, conn: &mut Connection) -> Result<(), TransportError> {
+        self.flush(conn).await?;
+        poll_fn(|cx| self.io.poll_close(cx)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::{ConnectionConfig, Event, Role};
+    use crate::proto::PingRequest;
+    use crate::transport::ByteStream;
+
+    fn pair() -> (
+        Driver<ByteStream<tokio::io::DuplexStream>>,
+        Driver<ByteStream<tokio::io::DuplexStream>>,
+    ) {
+        let (a, b) = tokio::io::duplex(4096);
+        (
+            Driver::new(ByteStream::new(a)),
+            Driver::new(ByteStream::new(b)),
+        )
+    }
+
+    #[tokio::test]
+    async fn ping_is_answered_across_a_duplex_pipe() {
+        let (mut client_io, mut server_io) = pair();
+        let now = Instant::now();
+        let mut client = Connection::new(Role::Client, ConnectionConfig::default(), now);
+        let mut server = Connection::new(Role::Server, ConnectionConfig::default(), now);
+        let id = client.request(&PingRequest {}, now).unwrap();
+        let server_task = tokio::spawn(async move {
+            loop {
+                match server_io.drive(&mut server).await {
+                    Ok(Status::Progress) => {}
+                    _ => return server,
+                }
+            }
+        });
+        let reply = loop {
+            client_io.drive(&mut client).await.unwrap();
+            if let Some(Event::Reply { request_id, .. }) = client.poll_event() {
+                break request_id;
+            }
+        };
+        assert_eq!(reply, id);
+        client_io.close(&mut client).await.unwrap();
+        drop(client_io);
+        let server = server_task.await.unwrap();
+        assert!(server.error().is_some(), "server saw the close");
+    }
+
+    #[tokio::test]
+    async fn fatal_error_flushes_the_notice_before_closing() {
+        let (mut client_io, mut server_io) = pair();
+        let now = Instant::now();
+        let mut server = Connection::new(Role::Server, ConnectionConfig::default(), now);
+        let mut client = Connection::new(Role::Client, ConnectionConfig::default(), now);
+        // A length prefix of 0xFFFFFFFF is over every limit: fatal.
+        let raw = client_io.get_mut().get_mut();
+        tokio::io::AsyncWriteExt::write_all(raw, &[0xff; 4])
+            .await
+            .unwrap();
+        let err = server_io.drive(&mut server).await.unwrap_err();
+        assert!(matches!(err, TransportError::Protocol(ref e) if e.is_connection_fatal()));
+        // The client reads the server's `error` notice, then the close.
+        let mut saw_error = false;
+        while let Ok(Status::Progress) = client_io.drive(&mut client).await {
+            while let Some(event) = client.poll_event() {
+                if let Event::Request { envelope, .. } = event {
+                    saw_error |= envelope.command == "error";
+                }
+            }
+        }
+        assert!(saw_error);
+    }
+}

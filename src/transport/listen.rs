@@ -1,0 +1,301 @@
+//! Opening transports: [`connect`] on the client side, [`Listener`] and
+//! [`Incoming`] on the server side.
+//!
+//! | endpoint | connect                          | listen                                            |
+//! |----------|----------------------------------|---------------------------------------------------|
+//! | socket   | TCP, `TCP_NODELAY`               | TCP; accepted sockets get `TCP_NODELAY`           |
+//! | pipe     | Unix socket at `pipe_path()`     | removes a stale socket file first, and its own on drop |
+//! | ws       | TCP + upgrade on the URL's path  | TCP; the upgrade runs in [`Incoming::accept`], only on the configured path |
+//!
+//! Accepting is split in two so that a slow WebSocket handshake never
+//! blocks the accept loop: [`Listener::accept`] returns at once and the
+//! per-connection task calls [`Incoming::accept`].
+
+use std::io;
+#[cfg(all(unix, feature = "transport-unix"))]
+use std::path::PathBuf;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{BoxTransport, ByteStream, Endpoint, TransportConfig, TransportError};
+
+fn disabled(transport: &'static str, feature: &'static str) -> TransportError {
+    TransportError::Disabled { transport, feature }
+}
+
+/// Opens a connection to `endpoint`.
+///
+/// # Errors
+///
+/// An IO or WebSocket handshake error, or [`TransportError::Disabled`] when
+/// the transport's feature is off.
+pub async fn connect(
+    endpoint: &Endpoint,
+    config: &TransportConfig,
+) -> Result<BoxTransport, TransportError> {
+    let _ = config;
+    match endpoint {
+        #[cfg(feature = "transport-tcp")]
+        Endpoint::Socket { .. } => {
+            let stream = tcp_connect(endpoint).await?;
+            Ok(Box::new(ByteStream::new(stream)))
+        }
+        #[cfg(all(unix, feature = "transport-unix"))]
+        Endpoint::Pipe { .. } => {
+            let path = endpoint.pipe_path().unwrap_or_default();
+            let stream = tokio::net::UnixStream::connect(path).await?;
+            Ok(Box::new(ByteStream::new(stream)))
+        }
+        #[cfg(feature = "transport-ws")]
+        Endpoint::Ws { .. } => {
+            let stream = tcp_connect(endpoint).await?;
+            let (ws, _) = tokio_tungstenite::client_async_with_config(
+                endpoint.to_string(),
+                stream,
+                Some(super::ws::ws_config(config)),
+            )
+            .await?;
+            Ok(Box::new(super::WsStream::new(ws, config)))
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(feature_of(other)),
+    }
+}
+
+fn feature_of(endpoint: &Endpoint) -> TransportError {
+    match endpoint {
+        Endpoint::Socket { .. } => disabled("socket", "transport-tcp"),
+        Endpoint::Pipe { .. } => disabled("pipe", "transport-unix"),
+        Endpoint::Ws { .. } => disabled("ws", "transport-ws"),
+    }
+}
+
+#[cfg_attr(
+    not(any(feature = "transport-tcp", feature = "transport-ws")),
+    allow(dead_code)
+)]
+async fn tcp_connect(endpoint: &Endpoint) -> io::Result<TcpStream> {
+    let authority = endpoint.authority().unwrap_or_default();
+    let stream = TcpStream::connect(authority).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// A bound server socket for one endpoint.
+#[derive(Debug)]
+pub struct Listener {
+    kind: Kind,
+    config: TransportConfig,
+}
+
+#[derive(Debug)]
+enum Kind {
+    #[cfg_attr(not(feature = "transport-tcp"), allow(dead_code))]
+    Tcp(TcpListener),
+    #[cfg(all(unix, feature = "transport-unix"))]
+    Unix {
+        listener: tokio::net::UnixListener,
+        path: PathBuf,
+        name: String,
+    },
+    #[cfg_attr(not(feature = "transport-ws"), allow(dead_code))]
+    Ws { listener: TcpListener, path: String },
+}
+
+impl Listener {
+    /// Binds `endpoint` (port 0 picks a free port).
+    ///
+    /// For a pipe, a socket file left behind by a dead server is removed
+    /// first; a live one (something accepts on it) is `AddrInUse`.
+    ///
+    /// # Errors
+    ///
+    /// An IO error, or [`TransportError::Disabled`].
+    pub async fn bind(
+        endpoint: &Endpoint,
+        config: TransportConfig,
+    ) -> Result<Self, TransportError> {
+        let kind = match endpoint {
+            #[cfg(feature = "transport-tcp")]
+            Endpoint::Socket { .. } => {
+                Kind::Tcp(TcpListener::bind(endpoint.authority().unwrap_or_default()).await?)
+            }
+            #[cfg(all(unix, feature = "transport-unix"))]
+            Endpoint::Pipe { name } => {
+                let path = endpoint.pipe_path().unwrap_or_default();
+                remove_stale_socket(&path).await?;
+                let listener = tokio::net::UnixListener::bind(&path)?;
+                Kind::Unix {
+                    listener,
+                    path,
+                    name: name.clone(),
+                }
+            }
+            #[cfg(feature = "transport-ws")]
+            Endpoint::Ws { path, .. } => Kind::Ws {
+                listener: TcpListener::bind(endpoint.authority().unwrap_or_default()).await?,
+                path: path.clone(),
+            },
+            #[allow(unreachable_patterns)]
+            other => return Err(feature_of(other)),
+        };
+        Ok(Self { kind, config })
+    }
+
+    /// The URL a client uses to reach this listener, with the real port.
+    ///
+    /// # Errors
+    ///
+    /// The socket's local address cannot be read.
+    pub fn endpoint(&self) -> io::Result<Endpoint> {
+        Ok(match &self.kind {
+            Kind::Tcp(listener) => {
+                let addr = listener.local_addr()?;
+                Endpoint::Socket {
+                    host: addr.ip().to_string(),
+                    port: addr.port(),
+                }
+            }
+            #[cfg(all(unix, feature = "transport-unix"))]
+            Kind::Unix { name, .. } => Endpoint::Pipe { name: name.clone() },
+            Kind::Ws { listener, path } => {
+                let addr = listener.local_addr()?;
+                Endpoint::Ws {
+                    host: addr.ip().to_string(),
+                    port: addr.port(),
+                    path: path.clone(),
+                }
+            }
+        })
+    }
+
+    /// Waits for the next connection. Cheap: a WebSocket handshake waits
+    /// for [`Incoming::accept`].
+    ///
+    /// # Errors
+    ///
+    /// The accept call failed (for example, out of file descriptors).
+    pub async fn accept(&self) -> io::Result<Incoming> {
+        let (kind, peer) = match &self.kind {
+            Kind::Tcp(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                (IncomingKind::Tcp(stream), peer.to_string())
+            }
+            #[cfg(all(unix, feature = "transport-unix"))]
+            Kind::Unix { listener, .. } => {
+                let (stream, _) = listener.accept().await?;
+                (IncomingKind::Unix(stream), "pipe".to_owned())
+            }
+            Kind::Ws { listener, path } => {
+                let (stream, peer) = listener.accept().await?;
+                (IncomingKind::Ws(stream, path.clone()), peer.to_string())
+            }
+        };
+        Ok(Incoming {
+            kind,
+            peer,
+            config: self.config.clone(),
+        })
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        #[cfg(all(unix, feature = "transport-unix"))]
+        if let Kind::Unix { path, .. } = &self.kind {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+#[cfg(all(unix, feature = "transport-unix"))]
+async fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        ));
+    }
+    if tokio::net::UnixStream::connect(path).await.is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{} is in use by a running server", path.display()),
+        ));
+    }
+    std::fs::remove_file(path)
+}
+
+/// An accepted socket, not yet a transport (see the [module docs](self)).
+#[derive(Debug)]
+pub struct Incoming {
+    kind: IncomingKind,
+    peer: String,
+    #[cfg_attr(not(feature = "transport-ws"), allow(dead_code))]
+    config: TransportConfig,
+}
+
+#[derive(Debug)]
+enum IncomingKind {
+    #[cfg_attr(not(feature = "transport-tcp"), allow(dead_code))]
+    Tcp(TcpStream),
+    #[cfg(all(unix, feature = "transport-unix"))]
+    Unix(tokio::net::UnixStream),
+    #[cfg_attr(not(feature = "transport-ws"), allow(dead_code))]
+    Ws(TcpStream, String),
+}
+
+impl Incoming {
+    /// The peer's address (`pipe` for a Unix socket).
+    pub fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Finishes accepting: `TCP_NODELAY`, and the WebSocket upgrade (a
+    /// request for another path is answered 404 and fails).
+    ///
+    /// # Errors
+    ///
+    /// An IO or handshake error.
+    #[allow(clippy::result_large_err)] // tungstenite's callback error type
+    pub async fn accept(self) -> Result<BoxTransport, TransportError> {
+        match self.kind {
+            IncomingKind::Tcp(stream) => {
+                stream.set_nodelay(true)?;
+                Ok(Box::new(ByteStream::new(stream)))
+            }
+            #[cfg(all(unix, feature = "transport-unix"))]
+            IncomingKind::Unix(stream) => Ok(Box::new(ByteStream::new(stream))),
+            #[cfg(feature = "transport-ws")]
+            IncomingKind::Ws(stream, path) => {
+                use tokio_tungstenite::tungstenite::handshake::server::{
+                    ErrorResponse, Request, Response,
+                };
+                use tokio_tungstenite::tungstenite::http::StatusCode;
+                stream.set_nodelay(true)?;
+                let check = move |request: &Request, response: Response| {
+                    if request.uri().path() == path {
+                        Ok(response)
+                    } else {
+                        let mut refused =
+                            ErrorResponse::new(Some(format!("the WebSocket endpoint is {path}\n")));
+                        *refused.status_mut() = StatusCode::NOT_FOUND;
+                        Err(refused)
+                    }
+                };
+                let ws = tokio_tungstenite::accept_hdr_async_with_config(
+                    stream,
+                    check,
+                    Some(super::ws::ws_config(&self.config)),
+                )
+                .await?;
+                Ok(Box::new(super::WsStream::new(ws, &self.config)))
+            }
+            #[cfg(not(feature = "transport-ws"))]
+            IncomingKind::Ws(..) => Err(disabled("ws", "transport-ws")),
+        }
+    }
+}
