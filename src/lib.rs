@@ -11,8 +11,12 @@ pub mod proto;
 pub mod reorder;
 pub mod stream;
 
+#[cfg(feature = "client")]
+pub mod client;
 #[cfg(feature = "codec")]
 pub mod codec;
+#[cfg(feature = "server")]
+pub mod server;
 #[cfg(feature = "transport")]
 pub mod transport;
 

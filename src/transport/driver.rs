@@ -1,20 +1,6 @@
 //! [`Driver`]: runs one [`Transport`] and the connection's timers.
 //!
-//! One call to [`Driver::drive`] does what is possible without waiting and
-//! returns as soon as the owner has something to do:
-//!
-//! | happened                                   | `drive` returns            |
-//! |--------------------------------------------|----------------------------|
-//! | bytes arrived and were fed                 | `Ok(Status::Progress)`     |
-//! | a timer fired and was handled              | `Ok(Status::Progress)`     |
-//! | the transmit queue ran empty (top it up)   | `Ok(Status::Progress)`     |
-//! | the peer closed its side                   | `Ok(Status::Closed)`       |
-//! | a fatal protocol error                     | notice flushed, `Err(Protocol)` |
-//! | an IO error                                | `Err(Io)` / `Err(WebSocket)` |
-//!
-//! Writing goes on in every call, so a peer that floods us cannot stall our
-//! own output. `drive` keeps its state in the driver and the connection, so
-//! it is cancel-safe: it may sit in a `select!` beside a shutdown signal.
+//! See [`Driver`] for what one call does.
 
 use std::future::poll_fn;
 use std::pin::Pin;
@@ -38,6 +24,22 @@ pub enum Status {
 }
 
 /// Moves bytes and time between a [`Transport`] and a [`Connection`].
+///
+/// One call to [`Driver::drive`] does what is possible without waiting and
+/// returns as soon as the owner has something to do:
+///
+/// | happened                                   | `drive` returns            |
+/// |--------------------------------------------|----------------------------|
+/// | bytes arrived and were fed                 | `Ok(Status::Progress)`     |
+/// | a timer fired and was handled              | `Ok(Status::Progress)`     |
+/// | the transmit queue ran empty (top it up)   | `Ok(Status::Progress)`     |
+/// | the peer closed its side                   | `Ok(Status::Closed)`       |
+/// | a fatal protocol error                     | notice flushed, `Err(Protocol)` |
+/// | an IO error                                | `Err(Io)` / `Err(WebSocket)` |
+///
+/// Writing goes on in every call, so a peer that floods us cannot stall our
+/// own output. `drive` keeps its state in the driver and the connection, so
+/// it is cancel-safe: it may sit in a `select!` beside a shutdown signal.
 pub struct Driver<T> {
     io: T,
     timer: Pin<Box<Sleep>>,
@@ -64,7 +66,7 @@ impl<T: Transport> Driver<T> {
     }
 
     /// Sends what is queued, reads what arrives, runs due timers; returns on
-    /// the first of the outcomes in the [module table](self).
+    /// the first of the outcomes tabled on [`Driver`].
     ///
     /// # Errors
     ///

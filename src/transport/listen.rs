@@ -111,6 +111,14 @@ impl Listener {
     /// # Errors
     ///
     /// An IO error, or [`TransportError::Disabled`].
+    #[cfg_attr(
+        not(any(
+            feature = "transport-tcp",
+            all(unix, feature = "transport-unix"),
+            feature = "transport-ws"
+        )),
+        allow(unreachable_code, unused_variables)
+    )]
     pub async fn bind(
         endpoint: &Endpoint,
         config: TransportConfig,
@@ -229,7 +237,9 @@ async fn remove_stale_socket(path: &std::path::Path) -> io::Result<()> {
     std::fs::remove_file(path)
 }
 
-/// An accepted socket, not yet a transport (see the [module docs](self)).
+/// An accepted socket, not yet a transport: [`Incoming::accept`] finishes
+/// the handshake in the connection's own task, so a slow WebSocket upgrade
+/// never blocks [`Listener::accept`].
 #[derive(Debug)]
 pub struct Incoming {
     kind: IncomingKind,

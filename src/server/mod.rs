@@ -1,0 +1,320 @@
+//! The reference server: listeners on every transport, signin, upload and
+//! download over the sans-IO [`Connection`](crate::connection::Connection).
+//!
+//! ```text
+//!   Server::bind(config) ── one Listener per endpoint ──► endpoints() (real ports)
+//!   Server::run(shutdown)
+//!     ├─ accept loop per listener ──► one task per connection (session)
+//!     └─ shutdown resolves: stop accepting, sessions flush and close,
+//!        after SHUTDOWN_GRACE the rest are cancelled (their temp files removed)
+//! ```
+//!
+//! The data directory holds the token secret and the uploaded files (layout
+//! in [`store`]). What each command does on one connection:
+//!
+//! | event                     | before signin        | after signin                          |
+//! |---------------------------|----------------------|---------------------------------------|
+//! | `signin`                  | checked              | checked (may switch user)             |
+//! | `ping`                    | `pong` (by the core) | `pong` (by the core)                  |
+//! | `upload`                  | `error` 401          | temp file opened                      |
+//! | chunk / end / failure     | ignored              | written / published + `uploadreply` / removed + `error` |
+//! | `download`                | `error` 401          | `beginstream`, chunks, `endstream`, `downloadreply` |
+//! | other known command       | `error` 401          | `error` 501                           |
+//! | unknown command           | `error` 404 (by the core) | `error` 404 (by the core)      |
+//!
+//! A message carrying its own `jwt` runs as that token's user; an invalid
+//! one is answered `error` 401. Downloads are read from disk a few chunks at
+//! a time, only when the connection's transmit queue has run empty, so a
+//! large file never sits in memory. An upload is written to a temporary file
+//! as it arrives and published only after `endstream` with a matching
+//! checksum; a failed or abandoned upload leaves nothing behind.
+//!
+//! Users: one development user, `dev`, whose password is given or
+//! generated at bind time ([`Server::dev_password`]).
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), openiap_wire::server::ServerError> {
+//! use openiap_wire::server::{Server, ServerConfig};
+//!
+//! let mut config = ServerConfig::new("./openiap-data");
+//! config.listen.push("socket://127.0.0.1:0".parse().unwrap());
+//! let server = Server::bind(config).await?;
+//! for endpoint in server.endpoints() {
+//!     println!("listening {} {endpoint}", endpoint.transport());
+//! }
+//! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
+//! # Ok(()) }
+//! ```
+
+pub mod auth;
+mod session;
+pub mod store;
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use self::auth::{Auth, random_bytes};
+use self::session::Session;
+use self::store::{FileStore, StoreError};
+use crate::connection::ConnectionConfig;
+use crate::transport::{Endpoint, Listener, TransportConfig, TransportError};
+
+/// How long sessions get to finish after shutdown before they are cancelled.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Default [`ServerConfig::token_lifetime`]: 8 hours.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(8 * 3600);
+
+/// Default idle timeout of server connections: 2 minutes, four times the
+/// Node client's ping interval.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Username of the development user.
+pub const DEV_USERNAME: &str = "dev";
+
+/// What a server needs; build with [`ServerConfig::new`] and set fields.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServerConfig {
+    /// Data directory (created if missing).
+    pub data_dir: PathBuf,
+    /// Endpoints to listen on (port 0 picks a free port).
+    pub listen: Vec<Endpoint>,
+    /// Password of the user `dev`; `None` generates one.
+    pub dev_password: Option<String>,
+    /// Token secret; `None` uses `DATA/jwt.secret`, created on first use.
+    pub jwt_secret: Option<Vec<u8>>,
+    /// How long issued tokens stay valid.
+    pub token_lifetime: Duration,
+    /// Protocol limits of every connection (role is set to server).
+    pub connection: ConnectionConfig,
+    /// IO limits of every connection.
+    pub transport: TransportConfig,
+}
+
+impl ServerConfig {
+    /// Defaults: no listeners, generated password, secret in the data
+    /// directory, server connections with [`DEFAULT_IDLE_TIMEOUT`] and no
+    /// request timeout (the server sends no requests).
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        let mut connection = ConnectionConfig::default();
+        connection
+            .set_idle_timeout(Some(DEFAULT_IDLE_TIMEOUT))
+            .set_keepalive_interval(None);
+        Self {
+            data_dir: data_dir.into(),
+            listen: Vec::new(),
+            dev_password: None,
+            jwt_secret: None,
+            token_lifetime: DEFAULT_TOKEN_LIFETIME,
+            connection,
+            transport: TransportConfig::default(),
+        }
+    }
+}
+
+/// Why a server could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {endpoint}: {source}")]
+    Bind {
+        /// The endpoint.
+        endpoint: String,
+        /// Why.
+        source: TransportError,
+    },
+    /// The data directory is not usable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The token secret could not be read or created.
+    #[error("token secret at {path}: {source}")]
+    Secret {
+        /// The secret file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// State shared by every session.
+#[derive(Debug)]
+struct Shared {
+    auth: Auth,
+    store: FileStore,
+    connection: ConnectionConfig,
+}
+
+/// A bound server. See the [module docs](self).
+#[derive(Debug)]
+pub struct Server {
+    listeners: Vec<(Listener, Endpoint)>,
+    shared: Arc<Shared>,
+    dev_password: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads `DATA/jwt.secret` (hex), creating it with a random 32-byte secret
+/// (mode 0600 on Unix) when missing.
+fn load_or_create_secret(data_dir: &Path) -> Result<Vec<u8>, ServerError> {
+    let path = data_dir.join("jwt.secret");
+    let fail = |source| ServerError::Secret {
+        path: path.clone(),
+        source,
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => crate::stream::parse_sha256_hex(text.trim())
+            .map(|secret| secret.to_vec())
+            .ok_or_else(|| fail(io::Error::other("not 64 hex digits"))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let secret = random_bytes(32).map_err(fail)?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(&path).map_err(fail)?;
+            io::Write::write_all(&mut file, hex(&secret).as_bytes()).map_err(fail)?;
+            Ok(secret)
+        }
+        Err(e) => Err(fail(e)),
+    }
+}
+
+impl Server {
+    /// Prepares the data directory and binds every endpoint.
+    ///
+    /// # Errors
+    ///
+    /// The data directory or secret is unusable, or a listener cannot bind.
+    pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        let store = FileStore::open(&config.data_dir)?;
+        let secret = match config.jwt_secret {
+            Some(secret) => secret,
+            None => load_or_create_secret(&config.data_dir)?,
+        };
+        let dev_password = match config.dev_password {
+            Some(password) => password,
+            None => hex(&random_bytes(12).map_err(|source| ServerError::Secret {
+                path: config.data_dir.clone(),
+                source,
+            })?),
+        };
+        let mut auth = Auth::new(secret, config.token_lifetime);
+        auth.add_user(DEV_USERNAME, &dev_password);
+        let mut listeners = Vec::new();
+        for endpoint in &config.listen {
+            let bind_error = |source| ServerError::Bind {
+                endpoint: endpoint.to_string(),
+                source,
+            };
+            let listener = Listener::bind(endpoint, config.transport.clone())
+                .await
+                .map_err(bind_error)?;
+            let real = listener
+                .endpoint()
+                .map_err(|e| bind_error(TransportError::Io(e)))?;
+            listeners.push((listener, real));
+        }
+        Ok(Self {
+            listeners,
+            shared: Arc::new(Shared {
+                auth,
+                store,
+                connection: config.connection,
+            }),
+            dev_password,
+        })
+    }
+
+    /// The client URL of every listener, with real ports.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        self.listeners.iter().map(|(_, e)| e.clone()).collect()
+    }
+
+    /// The password of the user [`DEV_USERNAME`].
+    pub fn dev_password(&self) -> &str {
+        &self.dev_password
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets sessions
+    /// close for up to [`SHUTDOWN_GRACE`] and cancels the rest.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut loops = JoinSet::new();
+        for (listener, endpoint) in self.listeners {
+            loops.spawn(accept_loop(
+                listener,
+                endpoint,
+                Arc::clone(&self.shared),
+                stop_rx.clone(),
+            ));
+        }
+        shutdown.await;
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+        while loops.join_next().await.is_some() {}
+    }
+}
+
+/// Resolves once the shutdown flag is set (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+async fn accept_loop(
+    listener: Listener,
+    endpoint: Endpoint,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let transport = endpoint.transport();
+    let mut sessions = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = stopped(&mut stop) => break,
+            accepted = listener.accept() => match accepted {
+                Ok(incoming) => {
+                    let shared = Arc::clone(&shared);
+                    let stop = stop.clone();
+                    sessions.spawn(async move {
+                        let peer = incoming.peer().to_owned();
+                        match incoming.accept().await {
+                            Ok(io) => Session::new(io, shared, transport, peer).run(stop).await,
+                            Err(e) => info!(transport, %peer, error = %e, "handshake failed"),
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!(transport, error = %e, "accept failed");
+                    // Out of descriptors and the like: do not spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!(
+            transport,
+            left = sessions.len(),
+            "sessions cancelled after the grace period"
+        );
+        sessions.shutdown().await;
+    }
+}

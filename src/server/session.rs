@@ -1,0 +1,435 @@
+//! One accepted connection: a [`Connection`] in the server role, its
+//! [`Driver`], the signed-in identity, uploads being written and downloads
+//! being sent.
+//!
+//! ```text
+//!   loop:  handle every event ──► top up downloads ──► drive (IO, timers) ─┐
+//!     ▲                                                                    │
+//!     └──────────── Progress ◄─────────────────────────────────────────────┘
+//!                   Closed / error / shutdown ──► discard open uploads, end
+//! ```
+//!
+//! A message carrying its own `jwt` runs as that token's user; an invalid
+//! one is answered `error` 401. Downloads are read from disk a few chunks
+//! at a time, only when the connection's transmit queue has run empty, so a
+//! large file never sits in memory.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::Shared;
+use super::auth::Identity;
+use super::store::{FileMeta, PendingUpload};
+use crate::command::Payload;
+use crate::connection::{Connection, Event, Role};
+use crate::envelope::Envelope;
+use crate::proto::{
+    DownloadRequest, DownloadResponse, ErrorResponse, SigninRequest, SigninResponse, Stat,
+    UploadRequest, UploadResponse, User,
+};
+use crate::stream::StreamSender;
+use crate::transport::{BoxTransport, Driver, Status};
+
+/// Chunks queued per top-up of a download: 1 MiB at the default chunk size,
+/// enough to keep the socket busy while the next ones are read.
+const CHUNKS_PER_TOP_UP: usize = 4;
+
+struct Upload {
+    request: Envelope,
+    file: Option<PendingUpload>,
+    started: Instant,
+}
+
+struct Download {
+    request: Envelope,
+    meta: FileMeta,
+    file: tokio::fs::File,
+    sender: StreamSender,
+}
+
+pub(super) struct Session {
+    conn: Connection,
+    driver: Driver<BoxTransport>,
+    shared: Arc<Shared>,
+    transport: &'static str,
+    peer: String,
+    user: Option<Identity>,
+    uploads: HashMap<String, Upload>,
+    downloads: VecDeque<Download>,
+}
+
+fn error_response(message: impl Into<String>, code: i32) -> ErrorResponse {
+    ErrorResponse {
+        message: message.into(),
+        code,
+        stack: String::new(),
+    }
+}
+
+impl Session {
+    pub(super) fn new(
+        io: BoxTransport,
+        shared: Arc<Shared>,
+        transport: &'static str,
+        peer: String,
+    ) -> Self {
+        let conn = Connection::new(Role::Server, shared.connection.clone(), Instant::now());
+        Self {
+            conn,
+            driver: Driver::new(io),
+            shared,
+            transport,
+            peer,
+            user: None,
+            uploads: HashMap::new(),
+            downloads: VecDeque::new(),
+        }
+    }
+
+    /// Runs until the peer leaves, the connection fails or `shutdown` turns
+    /// true.
+    pub(super) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        info!(transport = self.transport, peer = %self.peer, "connected");
+        let reason = loop {
+            self.handle_events().await;
+            self.top_up().await;
+            tokio::select! {
+                status = self.driver.drive(&mut self.conn) => match status {
+                    Ok(Status::Progress) => {}
+                    Ok(Status::Closed) => break "peer closed".to_owned(),
+                    Err(e) => break e.to_string(),
+                },
+                () = super::stopped(&mut shutdown) => {
+                    let _ = self.driver.close(&mut self.conn).await;
+                    break "server shutdown".to_owned();
+                }
+            }
+        };
+        // Failures reported by the end of the connection (open transfers).
+        self.handle_events().await;
+        for (_, upload) in self.uploads.drain() {
+            if let Some(file) = upload.file {
+                file.discard().await;
+            }
+        }
+        info!(transport = self.transport, peer = %self.peer, %reason, "disconnected");
+    }
+
+    fn now() -> Instant {
+        Instant::now()
+    }
+
+    fn reply_error(&mut self, request: &Envelope, message: impl Into<String>, code: i32) {
+        let error = error_response(message, code);
+        debug!(command = %request.command, id = %request.id, message = %error.message, "error reply");
+        if let Err(e) = self.conn.reply_error(request, &error, Self::now()) {
+            debug!(error = %e, "could not queue the error reply");
+        }
+    }
+
+    async fn handle_events(&mut self) {
+        while let Some(event) = self.conn.poll_event() {
+            match event {
+                Event::Request { envelope, payload } => self.on_request(envelope, *payload).await,
+                Event::Rejected { envelope, error } => {
+                    info!(command = %envelope.command, id = %envelope.id, traceid = %envelope.traceid,
+                        spanid = %envelope.spanid, %error, "rejected");
+                }
+                Event::Ping { id } => debug!(%id, "ping"),
+                Event::StreamStarted { rid, started } => {
+                    debug!(%rid, checksum = ?started.checksum, "upload stream started");
+                }
+                Event::StreamChunk { rid, data } => self.on_chunk(&rid, &data).await,
+                Event::StreamEnded { rid, summary } => {
+                    if let Some(upload) = self.uploads.remove(&rid) {
+                        self.finish_upload(upload, summary).await;
+                    }
+                }
+                Event::StreamFailed { rid, error } => {
+                    if let Some(upload) = self.uploads.remove(&rid) {
+                        warn!(%rid, %error, "upload failed");
+                        if let Some(file) = upload.file {
+                            file.discard().await;
+                        }
+                        let code = crate::Error::from(error.clone()).code();
+                        self.reply_error(&upload.request, error.to_string(), code);
+                    }
+                }
+                other => debug!(event = ?other, "ignored"),
+            }
+        }
+    }
+
+    /// Who `envelope` runs as: its own jwt, else the connection's user.
+    fn identity_for(&self, envelope: &Envelope) -> Result<Option<Identity>, String> {
+        if envelope.jwt.is_empty() {
+            return Ok(self.user.clone());
+        }
+        self.shared
+            .auth
+            .verify(&envelope.jwt, SystemTime::now())
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn on_request(&mut self, envelope: Envelope, payload: Payload) {
+        info!(transport = self.transport, command = %envelope.command, id = %envelope.id,
+            traceid = %envelope.traceid, spanid = %envelope.spanid, "request");
+        if let Payload::SigninRequest(signin) = payload {
+            return self.signin(&envelope, &signin);
+        }
+        if let Payload::ErrorResponse(error) = payload {
+            return info!(message = %error.message, code = error.code, "peer error");
+        }
+        let identity = match self.identity_for(&envelope) {
+            Ok(Some(identity)) => identity,
+            Ok(None) => {
+                let message = format!(
+                    "sign in first: {:?} needs a signed-in connection",
+                    envelope.command
+                );
+                return self.reply_error(&envelope, message, 401);
+            }
+            Err(message) => return self.reply_error(&envelope, message, 401),
+        };
+        match payload {
+            Payload::UploadRequest(request) => self.start_upload(envelope, &request).await,
+            Payload::DownloadRequest(request) => self.start_download(envelope, &request).await,
+            _ => {
+                let message = format!(
+                    "command {:?} is not supported by this server (user {})",
+                    envelope.command, identity.username
+                );
+                self.reply_error(&envelope, message, 501);
+            }
+        }
+    }
+
+    fn signin(&mut self, envelope: &Envelope, request: &SigninRequest) {
+        let auth = &self.shared.auth;
+        let now = SystemTime::now();
+        let checked = if request.jwt.is_empty() {
+            auth.check_password(&request.username, &request.password)
+        } else {
+            auth.verify(&request.jwt, now)
+        };
+        let identity = match checked {
+            Ok(identity) => identity,
+            Err(e) => {
+                info!(username = %request.username, error = %e, "signin refused");
+                return self.reply_error(envelope, e.to_string(), 401);
+            }
+        };
+        let response = SigninResponse {
+            jwt: auth.issue(&identity, now),
+            user: Some(User {
+                id: format!("user-{}", identity.username),
+                name: identity.username.clone(),
+                username: identity.username.clone(),
+                ..User::default()
+            }),
+            config: "{}".to_owned(),
+        };
+        info!(username = %identity.username, validateonly = request.validateonly,
+            agent = %request.agent, "signed in");
+        if !request.validateonly {
+            self.user = Some(identity);
+        }
+        if let Err(e) = self
+            .conn
+            .reply::<SigninRequest>(envelope, &response, Self::now())
+        {
+            debug!(error = %e, "could not queue the signin reply");
+        }
+    }
+
+    async fn start_upload(&mut self, envelope: Envelope, request: &UploadRequest) {
+        match self
+            .shared
+            .store
+            .begin_upload(&request.filename, &request.mimetype)
+            .await
+        {
+            Ok(file) => {
+                self.uploads.insert(
+                    envelope.id.clone(),
+                    Upload {
+                        request: envelope,
+                        file: Some(file),
+                        started: Instant::now(),
+                    },
+                );
+            }
+            Err(e) => {
+                // Chunks still arrive for this rid and are dropped.
+                self.reply_error(&envelope, e.to_string(), 400);
+            }
+        }
+    }
+
+    async fn on_chunk(&mut self, rid: &str, data: &[u8]) {
+        let Some(upload) = self.uploads.get_mut(rid) else {
+            return;
+        };
+        let Some(file) = upload.file.as_mut() else {
+            return;
+        };
+        if let Err(e) = file.write(data).await {
+            warn!(%rid, error = %e, "upload write failed");
+            let request = upload.request.clone();
+            if let Some(file) = upload.file.take() {
+                file.discard().await;
+            }
+            // The entry stays (file gone) so the remaining parts are dropped
+            // and the end gets no second reply.
+            self.reply_error(&request, e.to_string(), 500);
+        }
+    }
+
+    async fn finish_upload(&mut self, upload: Upload, summary: crate::stream::StreamSummary) {
+        let Some(file) = upload.file else {
+            return;
+        };
+        let elapsed = upload.started.elapsed();
+        match file.commit(&summary.sha256).await {
+            Ok(meta) => {
+                let secs = elapsed.as_secs_f64().max(1e-6);
+                let mb = meta.bytes as f64 / (1024.0 * 1024.0);
+                info!(id = %meta.id, filename = %meta.filename, bytes = meta.bytes,
+                    chunks = summary.chunks, checksum_verified = summary.checksum_verified,
+                    "upload stored");
+                let response = UploadResponse {
+                    id: meta.id,
+                    filename: meta.filename,
+                    bytes: i32::try_from(meta.bytes).unwrap_or(i32::MAX),
+                    chunks: i32::try_from(summary.chunks).unwrap_or(i32::MAX),
+                    mb: mb as f32,
+                    elapsed_time: i32::try_from(elapsed.as_millis()).unwrap_or(i32::MAX),
+                    mbps: (mb / secs) as f32,
+                };
+                if let Err(e) =
+                    self.conn
+                        .reply::<UploadRequest>(&upload.request, &response, Self::now())
+                {
+                    debug!(error = %e, "could not queue the upload reply");
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "upload commit failed");
+                self.reply_error(&upload.request, e.to_string(), 500);
+            }
+        }
+    }
+
+    async fn start_download(&mut self, envelope: Envelope, request: &DownloadRequest) {
+        let store = &self.shared.store;
+        let meta = if request.id.is_empty() {
+            store.find_by_name(&request.filename).await
+        } else {
+            store.meta(&request.id).await
+        };
+        let opened = match meta {
+            Ok(meta) => store.open_content(&meta.id).await.map(|file| (meta, file)),
+            Err(e) => Err(e),
+        };
+        let (meta, file) = match opened {
+            Ok(found) => found,
+            Err(e) => return self.reply_error(&envelope, e.to_string(), 404),
+        };
+        let mut sender = match self.conn.stream_sender(&envelope.id) {
+            Ok(sender) => sender,
+            Err(e) => return self.reply_error(&envelope, e.to_string(), e.code()),
+        };
+        let digest = crate::stream::parse_sha256_hex(&meta.sha256);
+        let stat = Stat {
+            size: i32::try_from(meta.bytes).unwrap_or(i32::MAX),
+            ..Stat::default()
+        };
+        let begin = match sender.begin(digest, Some(stat)) {
+            Ok(begin) => begin,
+            Err(e) => return self.reply_error(&envelope, e.to_string(), 500),
+        };
+        if let Err(e) = self.conn.send(begin, Self::now()) {
+            return self.reply_error(&envelope, e.to_string(), e.code());
+        }
+        info!(id = %meta.id, bytes = meta.bytes, "download started");
+        self.downloads.push_back(Download {
+            request: envelope,
+            meta,
+            file,
+            sender,
+        });
+    }
+
+    /// Queues the next chunks of the current download when the transmit
+    /// queue has run empty.
+    async fn top_up(&mut self) {
+        let mut queued = 0;
+        while queued < CHUNKS_PER_TOP_UP && !self.conn.has_transmit() {
+            let Some(download) = self.downloads.front_mut() else {
+                return;
+            };
+            let chunk_size = self.shared.connection.stream().chunk_size().get();
+            let mut buf = BytesMut::with_capacity(chunk_size);
+            let read = loop {
+                match download.file.read_buf(&mut buf).await {
+                    Ok(0) => break Ok(()),
+                    Ok(_) if buf.len() >= chunk_size => break Ok(()),
+                    Ok(_) => {}
+                    Err(e) => break Err(e),
+                }
+            };
+            let now = Self::now();
+            let outcome = match read {
+                Err(e) => Err(e.to_string()),
+                Ok(()) if buf.is_empty() => {
+                    // End of file: endstream, then the reply.
+                    let Some(done) = self.downloads.pop_front() else {
+                        return;
+                    };
+                    self.finish_download(done, now);
+                    continue;
+                }
+                Ok(()) => download
+                    .sender
+                    .chunk(buf.freeze())
+                    .map_err(|e| e.to_string())
+                    .and_then(|chunk| self.conn.send(chunk, now).map_err(|e| e.to_string())),
+            };
+            if let Err(message) = outcome
+                && let Some(failed) = self.downloads.pop_front()
+            {
+                warn!(id = %failed.meta.id, %message, "download failed");
+                self.reply_error(&failed.request, message, 500);
+            }
+            queued += 1;
+        }
+    }
+
+    fn finish_download(&mut self, mut done: Download, now: Instant) {
+        let end = match done.sender.end() {
+            Ok(end) => end,
+            Err(e) => return self.reply_error(&done.request, e.to_string(), 500),
+        };
+        let response = DownloadResponse {
+            id: done.meta.id.clone(),
+            filename: done.meta.filename.clone(),
+            mimetype: done.meta.mimetype.clone(),
+        };
+        let sent = self.conn.send(end, now).and_then(|_| {
+            self.conn
+                .reply::<DownloadRequest>(&done.request, &response, now)
+        });
+        match sent {
+            Ok(()) => info!(id = %done.meta.id, bytes = done.sender.bytes_sent(),
+                chunks = done.sender.chunks_sent(), "download sent"),
+            Err(e) => debug!(error = %e, "could not queue the end of a download"),
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Our client against our server over every transport, on loopback with
+//! ephemeral ports: signin, pings, checksummed upload and download, errors,
+//! and a client that dies in the middle of an upload.
+
+#![cfg(all(
+    feature = "server",
+    feature = "client",
+    feature = "transport-tcp",
+    feature = "transport-unix",
+    feature = "transport-ws"
+))]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use openiap_wire::client::{Client, ClientError};
+use openiap_wire::connection::{Connection, ConnectionConfig, Event, Role};
+use openiap_wire::envelope::Envelope;
+use openiap_wire::proto::{SigninRequest, UploadRequest};
+use openiap_wire::server::{Server, ServerConfig};
+use openiap_wire::stream::sha256;
+use openiap_wire::transport::{Driver, Endpoint, Status, TransportConfig, connect};
+use tokio::sync::oneshot;
+
+const PASSWORD: &str = "test-password";
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A server on loopback with its own data directory, stopped on drop.
+struct TestServer {
+    endpoints: Vec<Endpoint>,
+    data: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    async fn start() -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("{}-{n}", std::process::id());
+        let data = std::env::temp_dir().join(format!("openiap-transports-{tag}"));
+        let mut config = ServerConfig::new(&data);
+        config.dev_password = Some(PASSWORD.to_owned());
+        config.listen = vec![
+            "socket://127.0.0.1:0".parse().unwrap(),
+            Endpoint::pipe(&format!("openiap-wire-test-{tag}")).unwrap(),
+            "ws://127.0.0.1:0/ws/v2".parse().unwrap(),
+        ];
+        let server = Server::bind(config).await.unwrap();
+        let endpoints = server.endpoints();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            endpoints,
+            data,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+
+    fn count(&self, sub: &str) -> usize {
+        std::fs::read_dir(self.data.join(sub))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data);
+    }
+}
+
+/// Deterministic test content (xorshift32), so no two files look alike.
+fn content(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 4);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn write_temp(server: &TestServer, name: &str, data: &[u8]) -> PathBuf {
+    let dir = server.data.join("client");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, data).unwrap();
+    path
+}
+
+async fn signed_in(endpoint: &Endpoint) -> Client {
+    let mut client = Client::connect(&endpoint.to_string()).await.unwrap();
+    let response = client.signin("dev", PASSWORD).await.unwrap();
+    assert!(!response.jwt.is_empty());
+    assert_eq!(response.user.unwrap().username, "dev");
+    client
+}
+
+#[tokio::test]
+async fn signin_pings_upload_and_download_over_every_transport() {
+    let server = TestServer::start().await;
+    assert_eq!(server.endpoints.len(), 3);
+    for (i, endpoint) in server.endpoints.clone().iter().enumerate() {
+        let mut client = signed_in(endpoint).await;
+        for _ in 0..5 {
+            client.ping().await.unwrap();
+        }
+        // Over 8 MiB, so a ws transfer needs several messages.
+        let data = content(9 * 1024 * 1024 + 17, i as u32 + 1);
+        let path = write_temp(&server, &format!("up-{i}.bin"), &data);
+        let uploaded = client.upload(&path).await.unwrap();
+        assert_eq!(uploaded.filename, format!("up-{i}.bin"));
+        assert_eq!(uploaded.bytes as usize, data.len());
+        assert_eq!(uploaded.id.len(), 24);
+
+        let out = path.with_file_name(format!("down-{i}.bin"));
+        let downloaded = client.download(&uploaded.id, &out).await.unwrap();
+        assert!(downloaded.summary.checksum_verified, "{endpoint}");
+        assert_eq!(downloaded.response.filename, uploaded.filename);
+        assert_eq!(std::fs::read(&out).unwrap(), data, "{endpoint}");
+        client.close().await.unwrap();
+    }
+    assert_eq!(server.count("files"), 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_command_gets_an_error_reply() {
+    let server = TestServer::start().await;
+    for endpoint in server.endpoints.clone() {
+        let mut client = signed_in(&endpoint).await;
+        let envelope = Envelope {
+            command: "nosuchcommand".into(),
+            ..Envelope::default()
+        };
+        match client.call(envelope).await {
+            Err(ClientError::Server { message, code, .. }) => {
+                assert_eq!(code, 404, "{endpoint}");
+                assert!(message.contains("nosuchcommand"), "{message}");
+            }
+            other => panic!("{endpoint}: {other:?}"),
+        }
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn commands_before_signin_are_refused() {
+    let server = TestServer::start().await;
+    let endpoint = &server.endpoints[0];
+    let mut client = Client::connect(&endpoint.to_string()).await.unwrap();
+    // ping needs no signin
+    client.ping().await.unwrap();
+    let path = write_temp(&server, "early.bin", b"early");
+    match client.upload(&path).await {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, 401),
+        other => panic!("{other:?}"),
+    }
+    let out = path.with_file_name("early-out.bin");
+    match client.download("0123456789abcdef01234567", &out).await {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, 401),
+        other => panic!("{other:?}"),
+    }
+    assert!(!out.exists());
+    assert_eq!(server.count("files"), 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_password_is_refused_and_jwt_signin_works() {
+    let server = TestServer::start().await;
+    let url = server.endpoints[0].to_string();
+    let mut client = Client::connect(&url).await.unwrap();
+    assert!(matches!(
+        client.signin("dev", "wrong").await,
+        Err(ClientError::Server { code: 401, .. })
+    ));
+    let jwt = client.signin("dev", PASSWORD).await.unwrap().jwt;
+    let mut other = Client::connect(&url).await.unwrap();
+    other.signin_jwt(&jwt).await.unwrap();
+    assert!(matches!(
+        other.signin_jwt("a.b.c").await,
+        Err(ClientError::Server { code: 401, .. })
+    ));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn validateonly_signin_leaves_the_connection_signed_out() {
+    let server = TestServer::start().await;
+    let mut client = Client::connect(&server.endpoints[0].to_string())
+        .await
+        .unwrap();
+    let request = SigninRequest {
+        username: "dev".into(),
+        password: PASSWORD.into(),
+        validateonly: true,
+        ..SigninRequest::default()
+    };
+    client.request(&request).await.unwrap();
+    let path = write_temp(&server, "v.bin", b"v");
+    assert!(matches!(
+        client.upload(&path).await,
+        Err(ClientError::Server { code: 401, .. })
+    ));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn download_of_unknown_id_leaves_no_output() {
+    let server = TestServer::start().await;
+    let mut client = signed_in(&server.endpoints[2]).await;
+    let out = server.data.join("nothing.bin");
+    match client.download("0123456789abcdef01234567", &out).await {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, 404),
+        other => panic!("{other:?}"),
+    }
+    assert!(!out.exists());
+    let leftovers = std::fs::read_dir(&server.data)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".part"))
+        .count();
+    assert_eq!(leftovers, 0);
+    server.stop().await;
+}
+
+/// Polls `done` until it holds, failing after a generous deadline.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn client_killed_mid_upload_leaves_no_file() {
+    let server = TestServer::start().await;
+    for endpoint in server.endpoints.clone() {
+        let io = connect(&endpoint, &TransportConfig::default())
+            .await
+            .unwrap();
+        let mut driver = Driver::new(io);
+        let now = Instant::now();
+        let mut conn = Connection::new(Role::Client, ConnectionConfig::default(), now);
+        let signin = SigninRequest {
+            username: "dev".into(),
+            password: PASSWORD.into(),
+            ..SigninRequest::default()
+        };
+        let signin_id = conn.request(&signin, now).unwrap();
+        let upload = UploadRequest {
+            filename: "partial.bin".into(),
+            ..UploadRequest::default()
+        };
+        let upload_id = conn.request(&upload, now).unwrap();
+        let mut sender = conn.stream_sender(&upload_id).unwrap();
+        let whole = Bytes::from(content(4 * 1024 * 1024, 7));
+        conn.send(sender.begin(Some(sha256(&whole)), None).unwrap(), now)
+            .unwrap();
+        // Half of the chunks, then a ping to know the server has them.
+        let half = whole.slice(..whole.len() / 2);
+        let chunks: Vec<_> = sender.chunks(half).unwrap().collect();
+        for chunk in chunks {
+            conn.send(chunk, now).unwrap();
+        }
+        let ping_id = conn
+            .request(&openiap_wire::proto::PingRequest {}, now)
+            .unwrap();
+        let mut signed_in = false;
+        let mut ponged = false;
+        while !(signed_in && ponged) {
+            assert_eq!(driver.drive(&mut conn).await.unwrap(), Status::Progress);
+            while let Some(event) = conn.poll_event() {
+                if let Event::Reply { request_id, .. } = event {
+                    signed_in |= request_id == signin_id;
+                    ponged |= request_id == ping_id;
+                }
+            }
+        }
+        assert_eq!(server.count("tmp"), 1, "{endpoint}: upload in progress");
+        // Kill the client: drop the socket without endstream.
+        drop(driver);
+        eventually("temp file removed", || server.count("tmp") == 0).await;
+        assert_eq!(server.count("files"), 0, "{endpoint}: no file published");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pipe_listener_replaces_a_stale_socket_and_removes_its_own() {
+    let name = format!("openiap-wire-stale-{}", std::process::id());
+    let endpoint = Endpoint::pipe(&name).unwrap();
+    let path = endpoint.pipe_path().unwrap();
+    // A socket file nobody listens on, as a crashed server leaves it.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    assert!(path.exists());
+    let listener = openiap_wire::transport::Listener::bind(&endpoint, TransportConfig::default())
+        .await
+        .unwrap();
+    assert!(
+        openiap_wire::transport::Listener::bind(&endpoint, TransportConfig::default())
+            .await
+            .is_err(),
+        "a live socket must not be taken over"
+    );
+    drop(listener);
+    assert!(!Path::new(&path).exists());
+}
