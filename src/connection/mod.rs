@@ -20,7 +20,7 @@
 //! | no command or no id           | [`Event::Rejected`], `error` reply when it was a request      |
 //! | `ping`                        | `pong` queued (rid = ping id) when enabled, [`Event::Ping`]    |
 //! | `pong` for a pending ping     | [`Event::Reply`]; a keepalive pong is only noted as traffic    |
-//! | `beginstream`/`stream`/`endstream` | [`StreamTable`](crate::stream::StreamTable): `Stream*` events, [`Event::StreamFailed`] once per failed transfer |
+//! | `beginstream`/`stream`/`endstream` | [`StreamTable`]: `Stream*` events, [`Event::StreamFailed`] once per failed transfer |
 //! | `error`                       | fails the rid's transfer, then [`Event::PeerError`] for a pending request |
 //! | rid of a pending request      | [`Event::Reply`]                                              |
 //! | anything else                 | payload decoded: [`Event::Request`], or [`Event::Rejected`] and an `error` reply |
