@@ -64,6 +64,11 @@ pub(super) struct Session {
     downloads: VecDeque<Download>,
 }
 
+/// A trace field only when the peer sent one.
+fn present(id: &str) -> Option<&str> {
+    (!id.is_empty()).then_some(id)
+}
+
 fn error_response(message: impl Into<String>, code: i32) -> ErrorResponse {
     ErrorResponse {
         message: message.into(),
@@ -138,8 +143,8 @@ impl Session {
             match event {
                 Event::Request { envelope, payload } => self.on_request(envelope, *payload).await,
                 Event::Rejected { envelope, error } => {
-                    info!(command = %envelope.command, id = %envelope.id, traceid = %envelope.traceid,
-                        spanid = %envelope.spanid, %error, "rejected");
+                    info!(command = %envelope.command, id = %envelope.id, traceid = present(&envelope.traceid),
+                        spanid = present(&envelope.spanid), %error, "rejected");
                 }
                 Event::Ping { id } => debug!(%id, "ping"),
                 Event::StreamStarted { rid, started } => {
@@ -180,7 +185,7 @@ impl Session {
 
     async fn on_request(&mut self, envelope: Envelope, payload: Payload) {
         info!(transport = self.transport, command = %envelope.command, id = %envelope.id,
-            traceid = %envelope.traceid, spanid = %envelope.spanid, "request");
+            traceid = present(&envelope.traceid), spanid = present(&envelope.spanid), "request");
         if let Payload::SigninRequest(signin) = payload {
             return self.signin(&envelope, &signin);
         }

@@ -1,0 +1,323 @@
+//! `openiap-client`: ping, upload, download, and a self-contained demo.
+//!
+//! `demo` starts the reference server in-process on ephemeral loopback
+//! ports with a temporary data directory and, over every transport, signs
+//! in, pings, uploads a generated file with its checksum and downloads it
+//! again, then prints one row per transport. Any failure exits non-zero.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use openiap_wire::client::Client;
+use openiap_wire::server::{DEV_USERNAME, Server, ServerConfig};
+use openiap_wire::stream::sha256_hex;
+use openiap_wire::transport::Endpoint;
+use serde_json::json;
+
+/// The OpenIAP Flow reference client.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Server URL: socket://HOST:PORT, pipe://./NAME or ws://HOST:PORT/ws/v2.
+    #[arg(long, env = "OPENIAP_URL", default_value = "socket://127.0.0.1:50052")]
+    url: String,
+    /// Username for signin.
+    #[arg(long, env = "OPENIAP_USERNAME", default_value = "dev")]
+    username: String,
+    /// Password for signin.
+    #[arg(long, env = "OPENIAP_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// Sign in with this token instead of a password.
+    #[arg(long, env = "OPENIAP_JWT", hide_env_values = true)]
+    jwt: Option<String>,
+    /// Machine-readable output: one JSON object.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Ping round trips.
+    Ping {
+        /// How many pings.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+    },
+    /// Upload a file with its SHA-256 checksum.
+    Upload {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Download a file by id; nothing is written unless the checksum passes.
+    Download {
+        /// The file id.
+        id: String,
+        /// Where to write it (default: the server's filename in the current directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Start a server in-process and exercise every transport.
+    Demo {
+        /// Size of the file uploaded and downloaded, in MiB.
+        #[arg(long, default_value_t = 64)]
+        size_mib: u32,
+        /// Pings per transport.
+        #[arg(long, default_value_t = 1000)]
+        pings: u32,
+    },
+}
+
+type Failure = Box<dyn std::error::Error>;
+
+fn mib_per_s(bytes: u64, elapsed: Duration) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-9)
+}
+
+async fn signed_in(args: &Args) -> Result<Client, Failure> {
+    let mut client = Client::connect(&args.url).await?;
+    match (&args.jwt, &args.password) {
+        (Some(jwt), _) => client.signin_jwt(jwt).await?,
+        (None, Some(password)) => client.signin(&args.username, password).await?,
+        (None, None) => return Err("give --password or --jwt (or OPENIAP_PASSWORD)".into()),
+    };
+    Ok(client)
+}
+
+async fn run(args: &Args) -> Result<serde_json::Value, Failure> {
+    match &args.command {
+        Command::Ping { count } => {
+            let mut client = signed_in(args).await?;
+            let started = Instant::now();
+            let mut rtts = Vec::new();
+            for _ in 0..*count {
+                rtts.push(client.ping().await?.as_secs_f64() * 1000.0);
+            }
+            let elapsed = started.elapsed();
+            client.close().await?;
+            let mean = rtts.iter().sum::<f64>() / f64::from((*count).max(1));
+            Ok(
+                json!({"command": "ping", "count": count, "mean_rtt_ms": mean,
+                "pings_per_s": f64::from(*count) / elapsed.as_secs_f64().max(1e-9)}),
+            )
+        }
+        Command::Upload { file } => {
+            let mut client = signed_in(args).await?;
+            let started = Instant::now();
+            let reply = client.upload(file).await?;
+            let elapsed = started.elapsed();
+            client.close().await?;
+            let bytes = std::fs::metadata(file)?.len();
+            Ok(
+                json!({"command": "upload", "id": reply.id, "filename": reply.filename,
+                "bytes": bytes, "mib_per_s": mib_per_s(bytes, elapsed)}),
+            )
+        }
+        Command::Download { id, out } => {
+            let mut client = signed_in(args).await?;
+            let started = Instant::now();
+            let target = out
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{id}.download")));
+            let done = client.download(id, &target).await?;
+            let elapsed = started.elapsed();
+            client.close().await?;
+            let mut path = done.path.clone();
+            if out.is_none() {
+                // Name it as the server does; the name is a plain base name.
+                let name = Path::new(&done.response.filename)
+                    .file_name()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from(id));
+                if name.exists() {
+                    std::fs::remove_file(&done.path)?;
+                    return Err(format!(
+                        "refusing to overwrite {}; choose a path with --out",
+                        name.display()
+                    )
+                    .into());
+                }
+                std::fs::rename(&done.path, &name)?;
+                path = name;
+            }
+            Ok(
+                json!({"command": "download", "id": id, "path": path.display().to_string(),
+                "bytes": done.summary.bytes, "sha256": done.summary.sha256,
+                "checksum_verified": done.summary.checksum_verified,
+                "mib_per_s": mib_per_s(done.summary.bytes, elapsed)}),
+            )
+        }
+        Command::Demo { size_mib, pings } => demo(*size_mib, *pings, args.json).await,
+    }
+}
+
+/// Deterministic content (xorshift32), written in 1 MiB pieces.
+fn write_content(path: &Path, len: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut x: u32 = 0x9E37_79B9;
+    let mut left = len;
+    let mut block = Vec::with_capacity(1 << 20);
+    while left > 0 {
+        block.clear();
+        while block.len() < (1 << 20) {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            block.extend_from_slice(&x.to_le_bytes());
+        }
+        let take = usize::try_from(left.min(1 << 20)).unwrap_or(1 << 20);
+        file.write_all(block.get(..take).unwrap_or(&block))?;
+        left -= take as u64;
+    }
+    file.flush()
+}
+
+fn file_sha256(path: &Path) -> std::io::Result<String> {
+    Ok(sha256_hex(&std::fs::read(path)?))
+}
+
+async fn demo_transport(
+    endpoint: &Endpoint,
+    password: &str,
+    pings: u32,
+    source: &Path,
+    source_sha: &str,
+    work: &Path,
+) -> Result<serde_json::Value, Failure> {
+    let mut client = Client::connect(&endpoint.to_string()).await?;
+    client.signin(DEV_USERNAME, password).await?;
+    let started = Instant::now();
+    for _ in 0..pings {
+        client.ping().await?;
+    }
+    let pings_per_s = f64::from(pings) / started.elapsed().as_secs_f64().max(1e-9);
+    let bytes = std::fs::metadata(source)?.len();
+    let started = Instant::now();
+    let uploaded = client.upload(source).await?;
+    let upload = mib_per_s(bytes, started.elapsed());
+    let out = work.join(format!("download-{}.bin", endpoint.transport()));
+    let started = Instant::now();
+    let done = client.download(&uploaded.id, &out).await?;
+    let download = mib_per_s(bytes, started.elapsed());
+    client.close().await?;
+    let checksum_ok = done.summary.checksum_verified && file_sha256(&out)? == source_sha;
+    std::fs::remove_file(&out)?;
+    Ok(
+        json!({"transport": endpoint.transport(), "url": endpoint.to_string(),
+        "pings_per_s": pings_per_s, "upload_mib_per_s": upload,
+        "download_mib_per_s": download, "checksum_ok": checksum_ok}),
+    )
+}
+
+async fn demo(size_mib: u32, pings: u32, quiet: bool) -> Result<serde_json::Value, Failure> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tag = format!("{}-{nanos:x}", std::process::id());
+    let work = std::env::temp_dir().join(format!("openiap-demo-{tag}"));
+    std::fs::create_dir_all(&work)?;
+    let result = demo_in(&work, &tag, size_mib, pings, quiet).await;
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+async fn demo_in(
+    work: &Path,
+    tag: &str,
+    size_mib: u32,
+    pings: u32,
+    quiet: bool,
+) -> Result<serde_json::Value, Failure> {
+    let password = format!("demo-{tag}");
+    let mut config = ServerConfig::new(work.join("data"));
+    config.dev_password = Some(password.clone());
+    config.listen = vec![
+        "socket://127.0.0.1:0".parse()?,
+        Endpoint::pipe(&format!("openiap-demo-{tag}"))?,
+        "ws://127.0.0.1:0/ws/v2".parse()?,
+    ];
+    let server = Server::bind(config).await?;
+    let endpoints = server.endpoints();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server_task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let source = work.join("demo.bin");
+    write_content(&source, u64::from(size_mib) << 20)?;
+    let source_sha = file_sha256(&source)?;
+    if !quiet {
+        println!("openiap-wire demo: {size_mib} MiB file, {pings} pings per transport");
+        println!(
+            "{:<10} {:>12} {:>14} {:>16}  checksum",
+            "transport", "pings/s", "upload MiB/s", "download MiB/s"
+        );
+    }
+    let mut rows = Vec::new();
+    let mut all_ok = true;
+    for endpoint in &endpoints {
+        let row = match demo_transport(endpoint, &password, pings, &source, &source_sha, work).await
+        {
+            Ok(row) => row,
+            Err(e) => json!({"transport": endpoint.transport(), "error": e.to_string(),
+                    "checksum_ok": false}),
+        };
+        let ok = row["checksum_ok"].as_bool().unwrap_or(false);
+        all_ok &= ok;
+        if !quiet {
+            match row.get("error") {
+                Some(error) => println!("{:<10} FAILED: {error}", endpoint.transport()),
+                None => println!(
+                    "{:<10} {:>12.0} {:>14.1} {:>16.1}  {}",
+                    endpoint.transport(),
+                    row["pings_per_s"].as_f64().unwrap_or(0.0),
+                    row["upload_mib_per_s"].as_f64().unwrap_or(0.0),
+                    row["download_mib_per_s"].as_f64().unwrap_or(0.0),
+                    if ok { "ok" } else { "FAILED" }
+                ),
+            }
+        }
+        rows.push(row);
+    }
+    let _ = stop.send(());
+    let _ = server_task.await;
+    let report = json!({"command": "demo", "size_mib": size_mib, "pings": pings,
+        "transports": rows, "ok": all_ok});
+    if all_ok {
+        Ok(report)
+    } else {
+        Err(format!("demo failed: {report}").into())
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let args = Args::parse();
+    match run(&args).await {
+        Ok(report) => {
+            if args.json {
+                println!("{report}");
+            } else if !matches!(args.command, Command::Demo { .. }) {
+                println!("{report:#}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if args.json {
+                println!("{}", json!({"ok": false, "error": e.to_string()}));
+            } else {
+                eprintln!("error: {e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,117 @@
+//! `openiap-server`: the reference server on socket, pipe and WebSocket.
+//!
+//! Prints one `listening <transport> <client-url>` line per listener on
+//! stdout (real ports), then `dev-password <pw>` when the password was
+//! generated. Logs go to stderr (`RUST_LOG` filters them). Stops on Ctrl-C
+//! or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use openiap_wire::server::{Server, ServerConfig};
+use openiap_wire::transport::Endpoint;
+
+/// The OpenIAP Flow reference server.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// TCP listener for socket:// clients (`off` disables it).
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    socket: String,
+    /// Pipe name for pipe:// clients, a Unix socket at /tmp/CoreFxPipe_NAME (`off` disables it).
+    #[arg(long, default_value = "openiap")]
+    pipe: String,
+    /// HTTP listener; WebSocket clients connect to ws://ADDR/ws/v2 (`off` disables it).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: String,
+    /// Data directory: token secret and uploaded files.
+    #[arg(long, default_value = "./openiap-data")]
+    data: PathBuf,
+    /// Password of the user `dev`; generated and printed when unset.
+    #[arg(long, env = "OPENIAP_DEV_PASSWORD", hide_env_values = true)]
+    dev_password: Option<String>,
+}
+
+fn endpoints(args: &Args) -> Result<Vec<Endpoint>, String> {
+    let mut out = Vec::new();
+    let off = |value: &str| value.eq_ignore_ascii_case("off");
+    if !off(&args.socket) {
+        out.push(parse(&format!("socket://{}", args.socket))?);
+    }
+    if !off(&args.pipe) {
+        out.push(Endpoint::pipe(&args.pipe).map_err(|e| e.to_string())?);
+    }
+    if !off(&args.http) {
+        out.push(parse(&format!("ws://{}/ws/v2", args.http))?);
+    }
+    Ok(out)
+}
+
+fn parse(url: &str) -> Result<Endpoint, String> {
+    url.parse().map_err(|e| format!("{url}: {e}"))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let args = Args::parse();
+    let listen = match endpoints(&args) {
+        Ok(listen) if !listen.is_empty() => listen,
+        Ok(_) => {
+            eprintln!("error: every listener is off");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let generated = args.dev_password.is_none();
+    let mut config = ServerConfig::new(&args.data);
+    config.listen = listen;
+    config.dev_password = args.dev_password;
+    let server = match Server::bind(config).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for endpoint in server.endpoints() {
+        println!("listening {} {endpoint}", endpoint.transport());
+    }
+    if generated {
+        println!("dev-password {}", server.dev_password());
+    }
+    server.run(shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
