@@ -10,6 +10,7 @@ pub mod fuzzing;
 pub mod proto;
 pub mod reorder;
 pub mod stream;
+pub mod view;
 
 #[cfg(feature = "client")]
 pub mod client;

@@ -1,0 +1,768 @@
+//! A borrowed, allocation-free view of an Envelope's header fields.
+//!
+//! [`decode_envelope`](crate::envelope::decode_envelope) builds an owned
+//! [`Envelope`]: one heap allocation per non-empty string (`command`, `id`,
+//! `rid`, `type_url`, `jwt`, ...). For a small RPC such as `ping` those
+//! allocations are most of the decode cost. [`EnvelopeView::parse`] reads the
+//! same fields straight out of the frame body instead: strings are `&str`
+//! slices of the frame, the payload is a [`Bytes`] that shares the frame, and
+//! nothing is allocated.
+//!
+//! ```text
+//!   frame body (Bytes) ─────────────────────────────────────────────────┐
+//!   | 0a 04 "ping" | 18 07 | 22 09 "abcdefghi" | 32 .. (Any) .. |      │
+//!        │                        │                    │               │
+//!        ▼                        ▼                    ▼               │
+//!   command: &str            id: &str        type_url: &str, value ◄───┘
+//!   (borrowed)               (borrowed)      value(): Bytes sharing the frame
+//! ```
+//!
+//! # Agreement with the owned decode
+//!
+//! The view accepts exactly the bytes prost accepts for [`Envelope`] and reads
+//! the same values from them (a proptest checks both directions):
+//!
+//! | input                                   | view and owned decode              |
+//! |-----------------------------------------|------------------------------------|
+//! | a field repeated                        | the last occurrence wins           |
+//! | `data` (field 6) repeated               | merged: each inner field, last wins |
+//! | an unknown field, groups included       | skipped                            |
+//! | a known field with the wrong wire type  | error                              |
+//! | a string that is not UTF-8              | error                              |
+//! | a length or varint past the end         | error                              |
+//! | groups nested deeper than 100 levels    | error (prost's recursion limit)    |
+//!
+//! ```
+//! use openiap_wire::envelope::{encode_envelope, pack};
+//! use openiap_wire::proto::PingRequest;
+//! use openiap_wire::view::EnvelopeView;
+//!
+//! let mut envelope = pack(&PingRequest::default());
+//! envelope.id = "abcdefghi".into();
+//! envelope.seq = 7;
+//! let frame = encode_envelope(&envelope);
+//!
+//! let view = EnvelopeView::parse(&frame)?;
+//! assert_eq!((view.command(), view.id(), view.seq()), ("ping", "abcdefghi", 7));
+//! assert_eq!(view.type_url(), "type.googleapis.com/openiap.PingRequest");
+//! assert_eq!(view.to_envelope(), envelope);
+//! # Ok::<(), openiap_wire::view::ViewError>(())
+//! ```
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::proto::Envelope;
+use crate::proto::google::protobuf::Any;
+
+/// How deep unknown groups may nest, as prost's default recursion limit.
+const RECURSION_LIMIT: u32 = 100;
+
+/// Longest varint, in bytes.
+const MAX_VARINT_LEN: usize = 10;
+
+/// Protobuf wire types.
+const VARINT: u8 = 0;
+const FIXED64: u8 = 1;
+const LEN: u8 = 2;
+const START_GROUP: u8 = 3;
+const END_GROUP: u8 = 4;
+const FIXED32: u8 = 5;
+
+/// Why a frame body could not be viewed as an Envelope.
+///
+/// Every variant carries the byte offset in the frame body where parsing
+/// stopped. The same bytes also fail [`decode_envelope`](crate::envelope::decode_envelope).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ViewError {
+    /// A field or length ran past the end of its enclosing message.
+    #[error("at byte {offset}: {needed} bytes needed, {remaining} left")]
+    Truncated {
+        /// Offset of the field's value.
+        offset: usize,
+        /// Bytes the field declares.
+        needed: u64,
+        /// Bytes left in the enclosing message.
+        remaining: usize,
+    },
+    /// A varint longer than 10 bytes, overflowing 64 bits, or cut short.
+    #[error("at byte {offset}: invalid varint")]
+    InvalidVarint {
+        /// Offset of the varint's first byte.
+        offset: usize,
+    },
+    /// A field key that is not valid protobuf: above `u32::MAX`, field
+    /// number 0, wire type 6 or 7, or an end-group without its start.
+    #[error("at byte {offset}: invalid field key {key}")]
+    InvalidKey {
+        /// Offset of the key.
+        offset: usize,
+        /// The key as read.
+        key: u64,
+    },
+    /// A known field arrived with another wire type than the schema's.
+    #[error("at byte {offset}: field {field} has wire type {found}, expected {expected}")]
+    WireType {
+        /// Offset of the key.
+        offset: usize,
+        /// Field number.
+        field: u32,
+        /// Wire type in the schema.
+        expected: u8,
+        /// Wire type received.
+        found: u8,
+    },
+    /// A string field holds bytes that are not UTF-8.
+    #[error("at byte {offset}: field {field} is not valid UTF-8")]
+    InvalidUtf8 {
+        /// Offset of the string's first byte.
+        offset: usize,
+        /// Field name (`"command"`, `"type_url"`, ...).
+        field: &'static str,
+    },
+    /// Unknown groups nested deeper than the recursion limit (100).
+    #[error("at byte {offset}: groups nested deeper than {limit}")]
+    TooDeep {
+        /// Offset of the group that went too deep.
+        offset: usize,
+        /// The limit.
+        limit: u32,
+    },
+}
+
+/// The header fields of an Envelope, borrowed from its frame body.
+///
+/// Build it with [`parse`](Self::parse); see the [module docs](self).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvelopeView<'a> {
+    frame: &'a Bytes,
+    command: &'a str,
+    priority: i32,
+    seq: i32,
+    id: &'a str,
+    rid: &'a str,
+    has_data: bool,
+    type_url: &'a str,
+    value: &'a [u8],
+    jwt: &'a str,
+    traceid: &'a str,
+    spanid: &'a str,
+}
+
+impl<'a> EnvelopeView<'a> {
+    /// Reads the Envelope in `frame` without allocating.
+    ///
+    /// # Errors
+    ///
+    /// A [`ViewError`] when `frame` is not a valid protobuf `Envelope`
+    /// (exactly when [`decode_envelope`](crate::envelope::decode_envelope)
+    /// fails).
+    pub fn parse(frame: &'a Bytes) -> Result<Self, ViewError> {
+        let mut view = Self {
+            frame,
+            command: "",
+            priority: 0,
+            seq: 0,
+            id: "",
+            rid: "",
+            has_data: false,
+            type_url: "",
+            value: &[],
+            jwt: "",
+            traceid: "",
+            spanid: "",
+        };
+        let mut reader = Reader::new(frame, 0);
+        while let Some((field, wire_type, key_at)) = reader.key()? {
+            let expect = |expected: u8| {
+                if wire_type == expected {
+                    Ok(())
+                } else {
+                    Err(ViewError::WireType {
+                        offset: key_at,
+                        field,
+                        expected,
+                        found: wire_type,
+                    })
+                }
+            };
+            match field {
+                1 => view.command = reader.string(expect(LEN), "command")?,
+                2 => view.priority = reader.int32(expect(VARINT))?,
+                3 => view.seq = reader.int32(expect(VARINT))?,
+                4 => view.id = reader.string(expect(LEN), "id")?,
+                5 => view.rid = reader.string(expect(LEN), "rid")?,
+                6 => {
+                    expect(LEN)?;
+                    let (any, at) = reader.bytes()?;
+                    view.has_data = true;
+                    view.merge_any(any, at)?;
+                }
+                7 => view.jwt = reader.string(expect(LEN), "jwt")?,
+                8 => view.traceid = reader.string(expect(LEN), "traceid")?,
+                9 => view.spanid = reader.string(expect(LEN), "spanid")?,
+                _ => reader.skip(field, wire_type, key_at, RECURSION_LIMIT)?,
+            }
+        }
+        Ok(view)
+    }
+
+    /// Merges one occurrence of the `data` field, as protobuf merges a
+    /// repeated message field: each inner field present overwrites.
+    fn merge_any(&mut self, any: &'a [u8], base: usize) -> Result<(), ViewError> {
+        let mut reader = Reader::new(any, base);
+        while let Some((field, wire_type, key_at)) = reader.key()? {
+            let mismatch = ViewError::WireType {
+                offset: key_at,
+                field,
+                expected: LEN,
+                found: wire_type,
+            };
+            let check = if wire_type == LEN {
+                Ok(())
+            } else {
+                Err(mismatch)
+            };
+            match field {
+                1 => self.type_url = reader.string(check, "type_url")?,
+                2 => {
+                    check?;
+                    self.value = reader.bytes()?.0;
+                }
+                _ => reader.skip(field, wire_type, key_at, RECURSION_LIMIT - 1)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The frame body this view reads.
+    pub fn frame(&self) -> &'a Bytes {
+        self.frame
+    }
+
+    /// Field 1, `command`.
+    pub fn command(&self) -> &'a str {
+        self.command
+    }
+
+    /// Field 2, `priority`.
+    pub fn priority(&self) -> i32 {
+        self.priority
+    }
+
+    /// Field 3, `seq`.
+    pub fn seq(&self) -> i32 {
+        self.seq
+    }
+
+    /// Field 4, `id`.
+    pub fn id(&self) -> &'a str {
+        self.id
+    }
+
+    /// Field 5, `rid`.
+    pub fn rid(&self) -> &'a str {
+        self.rid
+    }
+
+    /// Whether field 6, `data`, is present (possibly as an empty `Any`).
+    /// The owned decode has `data: Some(_)` exactly when this is true.
+    pub fn has_data(&self) -> bool {
+        self.has_data
+    }
+
+    /// `data.type_url`; empty when there is no data.
+    pub fn type_url(&self) -> &'a str {
+        self.type_url
+    }
+
+    /// The schema name the type URL points at (`"openiap.PingRequest"` ->
+    /// `"PingRequest"`), as [`command::type_name`](crate::command::type_name).
+    pub fn type_name(&self) -> Option<&'a str> {
+        crate::command::type_name(self.type_url)
+    }
+
+    /// `data.value` as a slice of the frame; empty when there is no data.
+    pub fn value_slice(&self) -> &'a [u8] {
+        self.value
+    }
+
+    /// `data.value` as a [`Bytes`] sharing the frame (a reference count, no
+    /// copy); empty when there is no data.
+    pub fn value(&self) -> Bytes {
+        if self.value.is_empty() {
+            return Bytes::new();
+        }
+        // `value` was sliced out of `frame` by `parse`, so it lies inside it.
+        self.frame.slice_ref(self.value)
+    }
+
+    /// Decodes `data.value` as `M`, sharing the frame for `bytes` fields.
+    /// Neither the command nor the type URL is checked.
+    ///
+    /// # Errors
+    ///
+    /// prost's error when the value is not a valid `M`.
+    pub fn decode_value<M: Message + Default>(&self) -> Result<M, prost::DecodeError> {
+        M::decode(self.value())
+    }
+
+    /// Field 7, `jwt`.
+    pub fn jwt(&self) -> &'a str {
+        self.jwt
+    }
+
+    /// Field 8, `traceid`.
+    pub fn traceid(&self) -> &'a str {
+        self.traceid
+    }
+
+    /// Field 9, `spanid`.
+    pub fn spanid(&self) -> &'a str {
+        self.spanid
+    }
+
+    /// The owned [`Envelope`] with the same fields (allocates; the payload
+    /// still shares the frame).
+    pub fn to_envelope(&self) -> Envelope {
+        Envelope {
+            command: self.command.to_owned(),
+            priority: self.priority,
+            seq: self.seq,
+            id: self.id.to_owned(),
+            rid: self.rid.to_owned(),
+            data: self.has_data.then(|| Any {
+                type_url: self.type_url.to_owned(),
+                value: self.value(),
+            }),
+            jwt: self.jwt.to_owned(),
+            traceid: self.traceid.to_owned(),
+            spanid: self.spanid.to_owned(),
+        }
+    }
+}
+
+/// A cursor over one protobuf message; `base` is the message's offset in the
+/// frame body, for error offsets.
+struct Reader<'a> {
+    rest: &'a [u8],
+    base: usize,
+    len: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(message: &'a [u8], base: usize) -> Self {
+        Self {
+            rest: message,
+            base,
+            len: message.len(),
+        }
+    }
+
+    /// Offset in the frame body of the next unread byte.
+    fn offset(&self) -> usize {
+        self.base
+            .saturating_add(self.len.saturating_sub(self.rest.len()))
+    }
+
+    fn varint(&mut self) -> Result<u64, ViewError> {
+        let offset = self.offset();
+        let mut value: u64 = 0;
+        for (count, &byte) in self.rest.iter().take(MAX_VARINT_LEN).enumerate() {
+            value |= u64::from(byte & 0x7f) << (count * 7);
+            if byte < 0x80 {
+                if count == MAX_VARINT_LEN - 1 && byte >= 0x02 {
+                    break;
+                }
+                self.rest = self.rest.get(count + 1..).unwrap_or_default();
+                return Ok(value);
+            }
+        }
+        Err(ViewError::InvalidVarint { offset })
+    }
+
+    /// The next key as (field number, wire type, offset), `None` at the end.
+    fn key(&mut self) -> Result<Option<(u32, u8, usize)>, ViewError> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        let offset = self.offset();
+        let key = self.varint()?;
+        let invalid = ViewError::InvalidKey { offset, key };
+        let Ok(key32) = u32::try_from(key) else {
+            return Err(invalid);
+        };
+        let wire_type = (key32 & 0x07) as u8;
+        let field = key32 >> 3;
+        if wire_type > FIXED32 || field == 0 {
+            return Err(invalid);
+        }
+        Ok(Some((field, wire_type, offset)))
+    }
+
+    fn take(&mut self, len: u64) -> Result<&'a [u8], ViewError> {
+        let offset = self.offset();
+        let truncated = ViewError::Truncated {
+            offset,
+            needed: len,
+            remaining: self.rest.len(),
+        };
+        let len = usize::try_from(len).map_err(|_| truncated.clone())?;
+        let (taken, rest) = self.rest.split_at_checked(len).ok_or(truncated)?;
+        self.rest = rest;
+        Ok(taken)
+    }
+
+    /// A length-delimited value and its offset in the frame body.
+    fn bytes(&mut self) -> Result<(&'a [u8], usize), ViewError> {
+        let len = self.varint()?;
+        let at = self.offset();
+        Ok((self.take(len)?, at))
+    }
+
+    fn string(
+        &mut self,
+        wire_type: Result<(), ViewError>,
+        field: &'static str,
+    ) -> Result<&'a str, ViewError> {
+        wire_type?;
+        let (bytes, offset) = self.bytes()?;
+        std::str::from_utf8(bytes).map_err(|_| ViewError::InvalidUtf8 { offset, field })
+    }
+
+    fn int32(&mut self, wire_type: Result<(), ViewError>) -> Result<i32, ViewError> {
+        wire_type?;
+        // protobuf int32: the low 32 bits of the varint.
+        Ok(self.varint()? as i32)
+    }
+
+    /// Skips an unknown field; `budget` is the recursion left for groups.
+    fn skip(
+        &mut self,
+        field: u32,
+        wire_type: u8,
+        key_at: usize,
+        budget: u32,
+    ) -> Result<(), ViewError> {
+        if budget == 0 {
+            return Err(ViewError::TooDeep {
+                offset: key_at,
+                limit: RECURSION_LIMIT,
+            });
+        }
+        match wire_type {
+            VARINT => {
+                self.varint()?;
+            }
+            FIXED64 => {
+                self.take(8)?;
+            }
+            LEN => {
+                self.bytes()?;
+            }
+            FIXED32 => {
+                self.take(4)?;
+            }
+            START_GROUP => loop {
+                let Some((inner, inner_type, inner_at)) = self.key()? else {
+                    // The message ended inside the group.
+                    return Err(ViewError::Truncated {
+                        offset: self.offset(),
+                        needed: 1,
+                        remaining: 0,
+                    });
+                };
+                if inner_type == END_GROUP {
+                    if inner != field {
+                        return Err(ViewError::InvalidKey {
+                            offset: inner_at,
+                            key: (u64::from(inner) << 3) | u64::from(END_GROUP),
+                        });
+                    }
+                    break;
+                }
+                self.skip(inner, inner_type, inner_at, budget - 1)?;
+            },
+            _ => {
+                return Err(ViewError::InvalidKey {
+                    offset: key_at,
+                    key: (u64::from(field) << 3) | u64::from(wire_type),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{decode_envelope, encode_envelope, pack};
+    use crate::proto::{PingRequest, Stream};
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    fn ping(id: &str, seq: i32) -> Envelope {
+        Envelope {
+            id: id.to_owned(),
+            seq,
+            ..pack(&PingRequest::default())
+        }
+    }
+
+    /// Parses `frame` with both decoders and checks they agree.
+    fn agree(frame: &Bytes) -> Result<(), TestCaseError> {
+        match (EnvelopeView::parse(frame), decode_envelope(frame.clone())) {
+            (Ok(view), Ok(owned)) => prop_assert_eq!(view.to_envelope(), owned),
+            (Err(_), Err(_)) => {}
+            (view, owned) => {
+                return Err(TestCaseError::fail(format!(
+                    "view {view:?} but owned {owned:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn parse_reads_every_header_field() {
+        let envelope = Envelope {
+            command: "queryreply".into(),
+            priority: -3,
+            seq: 41,
+            id: "abcdefghi".into(),
+            rid: "r1".into(),
+            data: Some(Any {
+                type_url: "type.googleapis.com/openiap.QueryResponse".into(),
+                value: Bytes::from_static(b"\x0a\x02[]"),
+            }),
+            jwt: "j".into(),
+            traceid: "t".into(),
+            spanid: "s".into(),
+        };
+        let frame = encode_envelope(&envelope);
+        let view = EnvelopeView::parse(&frame).unwrap();
+        assert_eq!(view.command(), "queryreply");
+        assert_eq!((view.priority(), view.seq()), (-3, 41));
+        assert_eq!((view.id(), view.rid()), ("abcdefghi", "r1"));
+        assert_eq!(view.type_name(), Some("QueryResponse"));
+        assert_eq!(view.value_slice(), b"\x0a\x02[]");
+        assert_eq!((view.jwt(), view.traceid(), view.spanid()), ("j", "t", "s"));
+        assert_eq!(view.to_envelope(), envelope);
+    }
+
+    #[test]
+    fn empty_frame_is_the_default_envelope() {
+        let frame = Bytes::new();
+        let view = EnvelopeView::parse(&frame).unwrap();
+        assert!(!view.has_data());
+        assert_eq!(view.to_envelope(), Envelope::default());
+    }
+
+    #[test]
+    fn empty_any_is_present_data() {
+        // Field 6 with length 0: `data: Some(Any::default())`.
+        let frame = Bytes::from_static(&[0x32, 0x00]);
+        let view = EnvelopeView::parse(&frame).unwrap();
+        assert!(view.has_data());
+        assert_eq!(view.value(), Bytes::new());
+        assert_eq!(
+            decode_envelope(frame.clone()).unwrap().data,
+            Some(Any::default())
+        );
+    }
+
+    #[test]
+    fn value_shares_the_frame() {
+        let mut envelope = pack(&Stream {
+            data: Bytes::from(vec![9_u8; 4096]),
+        });
+        envelope.rid = "u1".into();
+        let frame = encode_envelope(&envelope);
+        let view = EnvelopeView::parse(&frame).unwrap();
+        let value = view.value();
+        let start = frame.as_ptr() as usize;
+        let at = value.as_ptr() as usize;
+        assert!(at > start && at + value.len() <= start + frame.len());
+        let stream: Stream = view.decode_value().unwrap();
+        assert_eq!(stream.data.len(), 4096);
+    }
+
+    #[test]
+    fn repeated_fields_last_wins_and_data_merges() {
+        let mut wire = encode_envelope(&ping("first", 1)).to_vec();
+        // A second id and a second data carrying only a value.
+        wire.extend_from_slice(&[0x22, 0x02, b'i', b'2']);
+        wire.extend_from_slice(&[0x32, 0x03, 0x12, 0x01, 0x07]);
+        let frame = Bytes::from(wire);
+        let view = EnvelopeView::parse(&frame).unwrap();
+        assert_eq!(view.id(), "i2");
+        assert_eq!(view.type_url(), "type.googleapis.com/openiap.PingRequest");
+        assert_eq!(view.value_slice(), [0x07]);
+        agree(&frame).unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_and_groups_are_skipped() {
+        let mut wire = encode_envelope(&ping("a", 2)).to_vec();
+        // field 20 varint, field 21 fixed64, field 22 fixed32, field 23 bytes,
+        // field 24 group holding a varint field, then its end.
+        wire.extend_from_slice(&[0xa0, 0x01, 0x05]);
+        wire.extend_from_slice(&[0xa9, 0x01, 1, 2, 3, 4, 5, 6, 7, 8]);
+        wire.extend_from_slice(&[0xb5, 0x01, 1, 2, 3, 4]);
+        wire.extend_from_slice(&[0xba, 0x01, 0x02, 0xff, 0xff]);
+        wire.extend_from_slice(&[0xc3, 0x01, 0x08, 0x01, 0xc4, 0x01]);
+        let frame = Bytes::from(wire);
+        assert_eq!(EnvelopeView::parse(&frame).unwrap().id(), "a");
+        agree(&frame).unwrap();
+    }
+
+    #[test]
+    fn wrong_wire_type_is_an_error() {
+        // Field 1 (command) as a varint.
+        let frame = Bytes::from_static(&[0x08, 0x01]);
+        assert_eq!(
+            EnvelopeView::parse(&frame),
+            Err(ViewError::WireType {
+                offset: 0,
+                field: 1,
+                expected: LEN,
+                found: VARINT
+            })
+        );
+        assert!(decode_envelope(frame).is_err());
+    }
+
+    #[test]
+    fn truncated_length_names_both_numbers() {
+        let frame = Bytes::from_static(&[0x0a, 0x10, b'h', b'i']);
+        assert_eq!(
+            EnvelopeView::parse(&frame),
+            Err(ViewError::Truncated {
+                offset: 2,
+                needed: 16,
+                remaining: 2
+            })
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_an_error() {
+        let frame = Bytes::from_static(&[0x22, 0x01, 0xff]);
+        assert_eq!(
+            EnvelopeView::parse(&frame),
+            Err(ViewError::InvalidUtf8 {
+                offset: 2,
+                field: "id"
+            })
+        );
+        assert!(decode_envelope(frame).is_err());
+    }
+
+    #[test]
+    fn overlong_varint_is_an_error() {
+        let frame = Bytes::from_static(&[
+            0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+        ]);
+        assert_eq!(
+            EnvelopeView::parse(&frame),
+            Err(ViewError::InvalidVarint { offset: 1 })
+        );
+        assert!(decode_envelope(frame).is_err());
+        // Ten bytes ending in 0x01 is u64::MAX: valid, and seq is its low bits.
+        let frame = Bytes::from_static(&[
+            0x18, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ]);
+        assert_eq!(EnvelopeView::parse(&frame).unwrap().seq(), -1);
+        agree(&frame).unwrap();
+    }
+
+    #[test]
+    fn field_zero_and_stray_end_group_are_invalid_keys() {
+        for frame in [&[0x00, 0x00][..], &[0x54][..], &[0x0e][..]] {
+            let frame = Bytes::copy_from_slice(frame);
+            assert!(
+                matches!(
+                    EnvelopeView::parse(&frame),
+                    Err(ViewError::InvalidKey { .. })
+                ),
+                "{frame:?}"
+            );
+            assert!(decode_envelope(frame).is_err());
+        }
+    }
+
+    #[test]
+    fn deep_groups_hit_the_recursion_limit() {
+        let depth = RECURSION_LIMIT as usize + 1;
+        let mut wire: Vec<u8> = std::iter::repeat_n([0xc3, 0x01], depth).flatten().collect();
+        wire.extend(std::iter::repeat_n([0xc4, 0x01], depth).flatten());
+        let frame = Bytes::from(wire);
+        assert!(matches!(
+            EnvelopeView::parse(&frame),
+            Err(ViewError::TooDeep { .. })
+        ));
+        agree(&frame).unwrap();
+    }
+
+    fn arb_envelope() -> impl Strategy<Value = Envelope> {
+        let payload = (".{0,48}", vec(any::<u8>(), 0..64)).prop_map(|(type_url, value)| Any {
+            type_url,
+            value: value.into(),
+        });
+        (
+            (".{0,12}", any::<i32>(), any::<i32>(), ".{0,12}", ".{0,12}"),
+            (proptest::option::of(payload), ".{0,8}", ".{0,8}", ".{0,8}"),
+        )
+            .prop_map(
+                |((command, priority, seq, id, rid), (data, jwt, traceid, spanid))| Envelope {
+                    command,
+                    priority,
+                    seq,
+                    id,
+                    rid,
+                    data,
+                    jwt,
+                    traceid,
+                    spanid,
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn prop_view_agrees_with_owned_decode(envelope in arb_envelope()) {
+            let frame = encode_envelope(&envelope);
+            let view = EnvelopeView::parse(&frame).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(view.to_envelope(), envelope);
+        }
+
+        #[test]
+        fn prop_concatenated_envelopes_agree(a in arb_envelope(), b in arb_envelope()) {
+            // Concatenating two encodings is a merge: the view must merge alike.
+            let mut wire = encode_envelope(&a).to_vec();
+            wire.extend_from_slice(&encode_envelope(&b));
+            agree(&Bytes::from(wire))?;
+        }
+
+        #[test]
+        fn prop_arbitrary_bytes_agree_and_never_panic(data in vec(any::<u8>(), 0..256)) {
+            agree(&Bytes::from(data))?;
+        }
+
+        #[test]
+        fn prop_mutated_envelopes_agree(
+            envelope in arb_envelope(),
+            at in any::<usize>(),
+            byte in any::<u8>(),
+        ) {
+            let mut wire = encode_envelope(&envelope).to_vec();
+            if !wire.is_empty() {
+                let at = at % wire.len();
+                wire[at] = byte;
+            }
+            agree(&Bytes::from(wire))?;
+        }
+    }
+}
