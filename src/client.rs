@@ -179,8 +179,10 @@ impl Client {
     /// The connection failed.
     pub async fn connect_with(
         endpoint: &Endpoint,
-        config: ClientConfig,
+        mut config: ClientConfig,
     ) -> Result<Self, ClientError> {
+        let max_frame = config.connection.frame().max_frame_length();
+        config.transport.set_max_frame_length(max_frame);
         let io = connect(endpoint, &config.transport).await?;
         Ok(Self {
             conn: Connection::new(Role::Client, config.connection.clone(), Instant::now()),

@@ -326,3 +326,47 @@ async fn pipe_listener_replaces_a_stale_socket_and_removes_its_own() {
     drop(listener);
     assert!(!Path::new(&path).exists());
 }
+
+#[tokio::test]
+async fn per_message_jwt_is_checked() {
+    let server = TestServer::start().await;
+    let url = server.endpoints[0].to_string();
+    let jwt = signed_in(&server.endpoints[0])
+        .await
+        .jwt()
+        .unwrap()
+        .to_owned();
+    // A connection that never signed in, asking with a message token.
+    let mut client = Client::connect(&url).await.unwrap();
+    let mut envelope = openiap_wire::envelope::pack(&openiap_wire::proto::DownloadRequest {
+        id: "0123456789abcdef01234567".into(),
+        ..Default::default()
+    });
+    envelope.jwt = jwt;
+    match client.call(envelope.clone()).await {
+        // The token is accepted: the file is what is missing.
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, 404),
+        other => panic!("{other:?}"),
+    }
+    envelope.jwt = "not.a.token".into();
+    match client.call(envelope).await {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, 401),
+        other => panic!("{other:?}"),
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_connected_clients_and_the_pipe() {
+    let server = TestServer::start().await;
+    let pipe = server.endpoints[1].pipe_path().unwrap();
+    let mut clients = Vec::new();
+    for endpoint in server.endpoints.clone() {
+        clients.push(signed_in(&endpoint).await);
+    }
+    server.stop().await;
+    for client in &mut clients {
+        assert!(client.ping().await.is_err(), "{}", client.endpoint());
+    }
+    assert!(!pipe.exists());
+}

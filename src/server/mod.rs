@@ -60,6 +60,8 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+pub use self::session::MAX_DOWNLOADS_PER_CONNECTION;
+
 use self::auth::{Auth, random_bytes};
 use self::session::Session;
 use self::store::{FileStore, StoreError};
@@ -68,6 +70,10 @@ use crate::transport::{Endpoint, Listener, TransportConfig, TransportError};
 
 /// How long sessions get to finish after shutdown before they are cancelled.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long an accepted connection may take to finish its handshake (the
+/// WebSocket upgrade) before it is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default [`ServerConfig::token_lifetime`]: 8 hours.
 pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(8 * 3600);
@@ -197,7 +203,10 @@ impl Server {
     /// # Errors
     ///
     /// The data directory or secret is unusable, or a listener cannot bind.
-    pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+    pub async fn bind(mut config: ServerConfig) -> Result<Self, ServerError> {
+        // A WebSocket message may carry a whole frame, no more.
+        let max_frame = config.connection.frame().max_frame_length();
+        config.transport.set_max_frame_length(max_frame);
         let store = FileStore::open(&config.data_dir)?;
         let secret = match config.jwt_secret {
             Some(secret) => secret,
@@ -289,9 +298,10 @@ async fn accept_loop(
                     let stop = stop.clone();
                     sessions.spawn(async move {
                         let peer = incoming.peer().to_owned();
-                        match incoming.accept().await {
-                            Ok(io) => Session::new(io, shared, transport, peer).run(stop).await,
-                            Err(e) => info!(transport, %peer, error = %e, "handshake failed"),
+                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming.accept()).await {
+                            Ok(Ok(io)) => Session::new(io, shared, transport, peer).run(stop).await,
+                            Ok(Err(e)) => info!(transport, %peer, error = %e, "handshake failed"),
+                            Err(_) => info!(transport, %peer, "handshake timed out"),
                         }
                     });
                 }

@@ -40,6 +40,10 @@ use crate::transport::{BoxTransport, Driver, Status};
 /// enough to keep the socket busy while the next ones are read.
 const CHUNKS_PER_TOP_UP: usize = 4;
 
+/// Downloads one connection may have queued at once (each holds an open
+/// file); more are answered `error` 429.
+pub const MAX_DOWNLOADS_PER_CONNECTION: usize = 16;
+
 struct Upload {
     request: Envelope,
     file: Option<PendingUpload>,
@@ -333,6 +337,13 @@ impl Session {
     }
 
     async fn start_download(&mut self, envelope: Envelope, request: &DownloadRequest) {
+        if self.downloads.len() >= MAX_DOWNLOADS_PER_CONNECTION {
+            let message = format!(
+                "too many downloads in progress: found {}, limit {MAX_DOWNLOADS_PER_CONNECTION}",
+                self.downloads.len()
+            );
+            return self.reply_error(&envelope, message, 429);
+        }
         let store = &self.shared.store;
         let meta = if request.id.is_empty() {
             store.find_by_name(&request.filename).await

@@ -91,3 +91,69 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for ByteStream<S> {
         Poll::Ready(Ok(ready!(Pin::new(&mut self.io).poll_shutdown(cx))?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::connection::{ConnectionConfig, Event, Role};
+    use crate::transport::{Driver, Status};
+
+    #[tokio::test]
+    async fn big_transfer_survives_a_pipe_of_64_bytes() {
+        // Every read and write is partial: 64 bytes at a time.
+        let (a, b) = tokio::io::duplex(64);
+        let (mut tx_io, mut rx_io) = (
+            Driver::new(ByteStream::new(a)),
+            Driver::new(ByteStream::new(b)),
+        );
+        let now = Instant::now();
+        let mut tx = Connection::new(Role::Client, ConnectionConfig::default(), now);
+        let mut rx = Connection::new(Role::Server, ConnectionConfig::default(), now);
+        let data: Bytes = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        tx.send_stream("r1", data.clone(), true, None, now).unwrap();
+        let sender = tokio::spawn(async move {
+            tx_io.close(&mut tx).await.unwrap();
+        });
+        let mut received = Vec::new();
+        let mut verified = None;
+        while verified.is_none() {
+            assert_eq!(rx_io.drive(&mut rx).await.unwrap(), Status::Progress);
+            while let Some(event) = rx.poll_event() {
+                match event {
+                    Event::StreamChunk { data, .. } => received.extend_from_slice(&data),
+                    Event::StreamEnded { summary, .. } => {
+                        verified = Some(summary.checksum_verified)
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        assert_eq!(verified, Some(true));
+        assert_eq!(received, data);
+        sender.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn eof_mid_frame_is_a_truncation_error() {
+        let (a, b) = tokio::io::duplex(1024);
+        let mut rx_io = Driver::new(ByteStream::new(b));
+        let mut rx = Connection::new(Role::Server, ConnectionConfig::default(), Instant::now());
+        let mut raw = a;
+        tokio::io::AsyncWriteExt::write_all(&mut raw, &[10, 0, 0, 0, 1, 2])
+            .await
+            .unwrap();
+        drop(raw);
+        let mut result = rx_io.drive(&mut rx).await;
+        while let Ok(Status::Progress) = result {
+            result = rx_io.drive(&mut rx).await;
+        }
+        assert!(matches!(
+            result,
+            Err(TransportError::Protocol(crate::Error::Frame(
+                crate::frame::FrameError::Truncated { .. }
+            )))
+        ));
+    }
+}
