@@ -126,6 +126,7 @@ mod tests {
                     Event::StreamEnded { summary, .. } => {
                         verified = Some(summary.checksum_verified)
                     }
+                    Event::StreamStarted { started, .. } => assert!(started.checksum.is_some()),
                     other => panic!("unexpected {other:?}"),
                 }
             }
