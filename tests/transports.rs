@@ -38,6 +38,10 @@ struct TestServer {
 
 impl TestServer {
     async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    async fn start_with(configure: impl FnOnce(&mut ServerConfig)) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("{}-{n}", std::process::id());
         let data = std::env::temp_dir().join(format!("openiap-transports-{tag}"));
@@ -48,6 +52,7 @@ impl TestServer {
             Endpoint::pipe(&format!("openiap-wire-test-{tag}")).unwrap(),
             "ws://127.0.0.1:0/ws/v2".parse().unwrap(),
         ];
+        configure(&mut config);
         let server = Server::bind(config).await.unwrap();
         let endpoints = server.endpoints();
         let (stop, stopped) = oneshot::channel();
@@ -369,4 +374,22 @@ async fn shutdown_closes_connected_clients_and_the_pipe() {
         assert!(client.ping().await.is_err(), "{}", client.endpoint());
     }
     assert!(!pipe.exists());
+}
+
+#[tokio::test]
+async fn configured_users_replace_the_dev_user() {
+    let server = TestServer::start_with(|config| {
+        config.users = vec![("alice".into(), "wonderland".into())];
+    })
+    .await;
+    let mut client = Client::connect(&server.endpoints[0].to_string())
+        .await
+        .unwrap();
+    assert!(matches!(
+        client.signin("dev", PASSWORD).await,
+        Err(ClientError::Server { code: 401, .. })
+    ));
+    let response = client.signin("alice", "wonderland").await.unwrap();
+    assert_eq!(response.user.unwrap().username, "alice");
+    server.stop().await;
 }

@@ -1,4 +1,4 @@
-//! `openiap-client`: ping, upload, download, and a self-contained demo.
+//! `openiap-client`: ping, upload, download, bench, and a self-contained demo.
 //!
 //! `demo` starts the reference server in-process on ephemeral loopback
 //! ports with a temporary data directory and, over every transport, signs
@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use openiap_wire::client::Client;
 use openiap_wire::server::{DEV_USERNAME, Server, ServerConfig};
-use openiap_wire::stream::sha256_hex;
 use openiap_wire::transport::Endpoint;
 use serde_json::json;
 
@@ -59,6 +58,15 @@ enum Command {
         /// Where to write it (default: the server's filename in the current directory).
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// Ping rate and upload/download throughput against --url.
+    Bench {
+        /// Size of the file uploaded and downloaded, in MiB.
+        #[arg(long, default_value_t = 64)]
+        size_mib: u32,
+        /// Pings.
+        #[arg(long, default_value_t = 1000)]
+        pings: u32,
     },
     /// Start a server in-process and exercise every transport.
     Demo {
@@ -150,6 +158,7 @@ async fn run(args: &Args) -> Result<serde_json::Value, Failure> {
                 "mib_per_s": mib_per_s(done.summary.bytes, elapsed)}),
             )
         }
+        Command::Bench { size_mib, pings } => bench(args, *size_mib, *pings).await,
         Command::Demo { size_mib, pings } => demo(*size_mib, *pings, args.json).await,
     }
 }
@@ -177,19 +186,26 @@ fn write_content(path: &Path, len: u64) -> std::io::Result<()> {
 }
 
 fn file_sha256(path: &Path) -> std::io::Result<String> {
-    Ok(sha256_hex(&std::fs::read(path)?))
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
-async fn demo_transport(
-    endpoint: &Endpoint,
-    password: &str,
+/// Pings, a checksummed upload of `source` and its download: one table row.
+async fn measure(
+    client: &mut Client,
     pings: u32,
     source: &Path,
     source_sha: &str,
     work: &Path,
 ) -> Result<serde_json::Value, Failure> {
-    let mut client = Client::connect(&endpoint.to_string()).await?;
-    client.signin(DEV_USERNAME, password).await?;
+    let endpoint = client.endpoint().clone();
     let started = Instant::now();
     for _ in 0..pings {
         client.ping().await?;
@@ -203,7 +219,6 @@ async fn demo_transport(
     let started = Instant::now();
     let done = client.download(&uploaded.id, &out).await?;
     let download = mib_per_s(bytes, started.elapsed());
-    client.close().await?;
     let checksum_ok = done.summary.checksum_verified && file_sha256(&out)? == source_sha;
     std::fs::remove_file(&out)?;
     Ok(
@@ -213,13 +228,83 @@ async fn demo_transport(
     )
 }
 
-async fn demo(size_mib: u32, pings: u32, quiet: bool) -> Result<serde_json::Value, Failure> {
+async fn demo_transport(
+    endpoint: &Endpoint,
+    password: &str,
+    pings: u32,
+    source: &Path,
+    source_sha: &str,
+    work: &Path,
+) -> Result<serde_json::Value, Failure> {
+    let mut client = Client::connect(&endpoint.to_string()).await?;
+    client.signin(DEV_USERNAME, password).await?;
+    let row = measure(&mut client, pings, source, source_sha, work).await?;
+    client.close().await?;
+    Ok(row)
+}
+
+fn print_header(size_mib: u32, pings: u32) {
+    println!("{size_mib} MiB file, {pings} pings per transport");
+    println!(
+        "{:<10} {:>12} {:>14} {:>16}  checksum",
+        "transport", "pings/s", "upload MiB/s", "download MiB/s"
+    );
+}
+
+fn print_row(transport: &str, row: &serde_json::Value) {
+    match row.get("error") {
+        Some(error) => println!("{transport:<10} FAILED: {error}"),
+        None => println!(
+            "{:<10} {:>12.0} {:>14.1} {:>16.1}  {}",
+            transport,
+            row["pings_per_s"].as_f64().unwrap_or(0.0),
+            row["upload_mib_per_s"].as_f64().unwrap_or(0.0),
+            row["download_mib_per_s"].as_f64().unwrap_or(0.0),
+            if row["checksum_ok"].as_bool().unwrap_or(false) {
+                "ok"
+            } else {
+                "FAILED"
+            }
+        ),
+    }
+}
+
+/// A fresh scratch directory under the system temp dir.
+fn scratch_dir(kind: &str) -> std::io::Result<(PathBuf, String)> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     let tag = format!("{}-{nanos:x}", std::process::id());
-    let work = std::env::temp_dir().join(format!("openiap-demo-{tag}"));
-    std::fs::create_dir_all(&work)?;
+    let dir = std::env::temp_dir().join(format!("openiap-{kind}-{tag}"));
+    std::fs::create_dir_all(&dir)?;
+    Ok((dir, tag))
+}
+
+async fn bench(args: &Args, size_mib: u32, pings: u32) -> Result<serde_json::Value, Failure> {
+    let mut client = signed_in(args).await?;
+    let (work, _) = scratch_dir("bench")?;
+    let result = async {
+        let source = work.join("bench.bin");
+        write_content(&source, u64::from(size_mib) << 20)?;
+        let sha = file_sha256(&source)?;
+        measure(&mut client, pings, &source, &sha, &work).await
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&work);
+    client.close().await?;
+    let row = result?;
+    if !args.json {
+        print_header(size_mib, pings);
+        print_row(row["transport"].as_str().unwrap_or("?"), &row);
+    }
+    if row["checksum_ok"].as_bool() != Some(true) {
+        return Err(format!("bench failed: {row}").into());
+    }
+    Ok(row)
+}
+
+async fn demo(size_mib: u32, pings: u32, quiet: bool) -> Result<serde_json::Value, Failure> {
+    let (work, tag) = scratch_dir("demo")?;
     let result = demo_in(&work, &tag, size_mib, pings, quiet).await;
     let _ = std::fs::remove_dir_all(&work);
     result
@@ -250,11 +335,8 @@ async fn demo_in(
     write_content(&source, u64::from(size_mib) << 20)?;
     let source_sha = file_sha256(&source)?;
     if !quiet {
-        println!("openiap-wire demo: {size_mib} MiB file, {pings} pings per transport");
-        println!(
-            "{:<10} {:>12} {:>14} {:>16}  checksum",
-            "transport", "pings/s", "upload MiB/s", "download MiB/s"
-        );
+        print!("openiap-wire demo: ");
+        print_header(size_mib, pings);
     }
     let mut rows = Vec::new();
     let mut all_ok = true;
@@ -265,20 +347,9 @@ async fn demo_in(
             Err(e) => json!({"transport": endpoint.transport(), "error": e.to_string(),
                     "checksum_ok": false}),
         };
-        let ok = row["checksum_ok"].as_bool().unwrap_or(false);
-        all_ok &= ok;
+        all_ok &= row["checksum_ok"].as_bool().unwrap_or(false);
         if !quiet {
-            match row.get("error") {
-                Some(error) => println!("{:<10} FAILED: {error}", endpoint.transport()),
-                None => println!(
-                    "{:<10} {:>12.0} {:>14.1} {:>16.1}  {}",
-                    endpoint.transport(),
-                    row["pings_per_s"].as_f64().unwrap_or(0.0),
-                    row["upload_mib_per_s"].as_f64().unwrap_or(0.0),
-                    row["download_mib_per_s"].as_f64().unwrap_or(0.0),
-                    if ok { "ok" } else { "FAILED" }
-                ),
-            }
+            print_row(endpoint.transport(), &row);
         }
         rows.push(row);
     }
@@ -306,7 +377,7 @@ async fn main() -> ExitCode {
         Ok(report) => {
             if args.json {
                 println!("{report}");
-            } else if !matches!(args.command, Command::Demo { .. }) {
+            } else if !matches!(args.command, Command::Demo { .. } | Command::Bench { .. }) {
                 println!("{report:#}");
             }
             ExitCode::SUCCESS

@@ -28,9 +28,21 @@ struct Args {
     /// Data directory: token secret and uploaded files.
     #[arg(long, default_value = "./openiap-data")]
     data: PathBuf,
-    /// Password of the user `dev`; generated and printed when unset.
+    /// Users file: one `username:password` per line (`#` comments). Without
+    /// it the only user is `dev`.
+    #[arg(long)]
+    users: Option<PathBuf>,
+    /// Password of the user `dev` (without --users); generated and printed when unset.
     #[arg(long, env = "OPENIAP_DEV_PASSWORD", hide_env_values = true)]
     dev_password: Option<String>,
+    /// Token signing secret; default: DATA/jwt.secret, generated on first start.
+    #[arg(long, env = "OPENIAP_JWT_SECRET", hide_env_values = true)]
+    jwt_secret: Option<String>,
+}
+
+fn read_users(path: &std::path::Path) -> Result<Vec<(String, String)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    openiap_wire::server::auth::parse_users(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn endpoints(args: &Args) -> Result<Vec<Endpoint>, String> {
@@ -95,10 +107,20 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let generated = args.dev_password.is_none();
     let mut config = ServerConfig::new(&args.data);
+    if let Some(path) = &args.users {
+        match read_users(path) {
+            Ok(users) => config.users = users,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let generated = args.users.is_none() && args.dev_password.is_none();
     config.listen = listen;
     config.dev_password = args.dev_password;
+    config.jwt_secret = args.jwt_secret.map(String::into_bytes);
     let server = match Server::bind(config).await {
         Ok(server) => server,
         Err(e) => {
@@ -109,8 +131,8 @@ async fn main() -> ExitCode {
     for endpoint in server.endpoints() {
         println!("listening {} {endpoint}", endpoint.transport());
     }
-    if generated {
-        println!("dev-password {}", server.dev_password());
+    if let (true, Some(password)) = (generated, server.dev_password()) {
+        println!("dev-password {password}");
     }
     server.run(shutdown_signal()).await;
     ExitCode::SUCCESS

@@ -232,6 +232,83 @@ impl Auth {
     }
 }
 
+/// Why a users file was refused; lines count from 1.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum UsersError {
+    /// A line is not `username:password`.
+    #[error("line {line}: expected username:password")]
+    Malformed {
+        /// The line number.
+        line: usize,
+    },
+    /// A username is empty or has spaces or control characters.
+    #[error("line {line}: invalid username")]
+    InvalidUsername {
+        /// The line number.
+        line: usize,
+    },
+    /// A username appears twice.
+    #[error("line {line}: user {username:?} is already defined")]
+    Duplicate {
+        /// The line number.
+        line: usize,
+        /// The username.
+        username: String,
+    },
+    /// The file defines nobody.
+    #[error("no users defined")]
+    Empty,
+}
+
+/// Parses a users file: one `username:password` per line (the password is
+/// everything after the first `:`); blank lines and lines starting with `#`
+/// are skipped.
+///
+/// ```
+/// use openiap_wire::server::auth::parse_users;
+///
+/// let users = parse_users("# team\nalice:s3cret:x\n\nbob:pw\n").unwrap();
+/// assert_eq!(users[0], ("alice".to_owned(), "s3cret:x".to_owned()));
+/// assert_eq!(users.len(), 2);
+/// ```
+///
+/// # Errors
+///
+/// [`UsersError`] naming the first bad line.
+pub fn parse_users(text: &str) -> Result<Vec<(String, String)>, UsersError> {
+    let mut users: Vec<(String, String)> = Vec::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = index.saturating_add(1);
+        let trimmed = raw.trim_end_matches('\r');
+        if trimmed.trim().is_empty() || trimmed.trim_start().starts_with('#') {
+            continue;
+        }
+        let Some((username, password)) = trimmed.split_once(':') else {
+            return Err(UsersError::Malformed { line });
+        };
+        let username = username.trim();
+        if username.is_empty()
+            || username
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(UsersError::InvalidUsername { line });
+        }
+        if users.iter().any(|(known, _)| known == username) {
+            return Err(UsersError::Duplicate {
+                line,
+                username: username.to_owned(),
+            });
+        }
+        users.push((username.to_owned(), password.to_owned()));
+    }
+    if users.is_empty() {
+        return Err(UsersError::Empty);
+    }
+    Ok(users)
+}
+
 /// `n` random bytes from the OS.
 ///
 /// # Errors
@@ -342,7 +419,32 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn users_file_errors_name_the_line() {
+        assert_eq!(
+            parse_users("a:1\nnocolon\n"),
+            Err(UsersError::Malformed { line: 2 })
+        );
+        assert_eq!(
+            parse_users(" :x"),
+            Err(UsersError::InvalidUsername { line: 1 })
+        );
+        assert_eq!(
+            parse_users("a:1\n#c\na:2"),
+            Err(UsersError::Duplicate {
+                line: 3,
+                username: "a".into()
+            })
+        );
+        assert_eq!(parse_users("# nobody\n"), Err(UsersError::Empty));
+    }
+
     proptest! {
+        #[test]
+        fn parse_users_never_panics(text in "\\PC{0,200}") {
+            let _ = parse_users(&text);
+        }
+
         #[test]
         fn verify_never_panics(token in ".{0,300}") {
             let _ = auth().verify(&token, t0());

@@ -29,8 +29,9 @@
 //! as it arrives and published only after `endstream` with a matching
 //! checksum; a failed or abandoned upload leaves nothing behind.
 //!
-//! Users: one development user, `dev`, whose password is given or
-//! generated at bind time ([`Server::dev_password`]).
+//! Users: the list in [`ServerConfig::users`] or, when it is empty, one
+//! development user, `dev`, whose password is given or generated at bind
+//! time ([`Server::dev_password`]).
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), openiap_wire::server::ServerError> {
@@ -93,7 +94,11 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Endpoints to listen on (port 0 picks a free port).
     pub listen: Vec<Endpoint>,
-    /// Password of the user `dev`; `None` generates one.
+    /// Users and their passwords (see [`auth::parse_users`] for the file
+    /// form). When empty, the one user is [`DEV_USERNAME`].
+    pub users: Vec<(String, String)>,
+    /// Password of the user `dev` when `users` is empty; `None` generates
+    /// one.
     pub dev_password: Option<String>,
     /// Token secret; `None` uses `DATA/jwt.secret`, created on first use.
     pub jwt_secret: Option<Vec<u8>>,
@@ -117,6 +122,7 @@ impl ServerConfig {
         Self {
             data_dir: data_dir.into(),
             listen: Vec::new(),
+            users: Vec::new(),
             dev_password: None,
             jwt_secret: None,
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
@@ -164,7 +170,7 @@ struct Shared {
 pub struct Server {
     listeners: Vec<(Listener, Endpoint)>,
     shared: Arc<Shared>,
-    dev_password: String,
+    dev_password: Option<String>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -212,15 +218,23 @@ impl Server {
             Some(secret) => secret,
             None => load_or_create_secret(&config.data_dir)?,
         };
-        let dev_password = match config.dev_password {
-            Some(password) => password,
-            None => hex(&random_bytes(12).map_err(|source| ServerError::Secret {
-                path: config.data_dir.clone(),
-                source,
-            })?),
-        };
         let mut auth = Auth::new(secret, config.token_lifetime);
-        auth.add_user(DEV_USERNAME, &dev_password);
+        let dev_password = if config.users.is_empty() {
+            let password = match config.dev_password {
+                Some(password) => password,
+                None => hex(&random_bytes(12).map_err(|source| ServerError::Secret {
+                    path: config.data_dir.clone(),
+                    source,
+                })?),
+            };
+            auth.add_user(DEV_USERNAME, &password);
+            Some(password)
+        } else {
+            for (username, password) in &config.users {
+                auth.add_user(username, password);
+            }
+            None
+        };
         let mut listeners = Vec::new();
         for endpoint in &config.listen {
             let bind_error = |source| ServerError::Bind {
@@ -251,9 +265,10 @@ impl Server {
         self.listeners.iter().map(|(_, e)| e.clone()).collect()
     }
 
-    /// The password of the user [`DEV_USERNAME`].
-    pub fn dev_password(&self) -> &str {
-        &self.dev_password
+    /// The password of the user [`DEV_USERNAME`], when the server runs
+    /// with that one user (no [`ServerConfig::users`]).
+    pub fn dev_password(&self) -> Option<&str> {
+        self.dev_password.as_deref()
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets sessions
