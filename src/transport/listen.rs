@@ -1,11 +1,10 @@
-//! Opening transports: [`connect`] on the client side, [`Listener`] and
-//! [`Incoming`] on the server side.
+//! The server side: [`Listener`] and [`Incoming`].
 //!
-//! | endpoint | connect                          | listen                                            |
-//! |----------|----------------------------------|---------------------------------------------------|
-//! | socket   | TCP, `TCP_NODELAY`               | TCP; accepted sockets get `TCP_NODELAY`           |
-//! | pipe     | Unix socket at `pipe_path()`     | removes a stale socket file first, and its own on drop |
-//! | ws       | TCP + upgrade on the URL's path  | TCP; the upgrade runs in [`Incoming::accept`], only on the configured path |
+//! | endpoint | listen                                                                     |
+//! |----------|----------------------------------------------------------------------------|
+//! | socket   | TCP; accepted sockets get `TCP_NODELAY`                                    |
+//! | pipe     | removes a stale socket file first, and its own on drop                     |
+//! | ws       | TCP; the upgrade runs in [`Incoming::accept`], only on the configured path |
 //!
 //! Accepting is split in two so that a slow WebSocket handshake never
 //! blocks the accept loop: [`Listener::accept`] returns at once and the
@@ -17,69 +16,10 @@ use std::path::PathBuf;
 
 use tokio::net::{TcpListener, TcpStream};
 
+#[cfg(not(feature = "transport-ws"))]
+use super::connect::disabled;
+use super::connect::feature_of;
 use super::{BoxTransport, ByteStream, Endpoint, TransportConfig, TransportError};
-
-fn disabled(transport: &'static str, feature: &'static str) -> TransportError {
-    TransportError::Disabled { transport, feature }
-}
-
-/// Opens a connection to `endpoint`.
-///
-/// # Errors
-///
-/// An IO or WebSocket handshake error, or [`TransportError::Disabled`] when
-/// the transport's feature is off.
-pub async fn connect(
-    endpoint: &Endpoint,
-    config: &TransportConfig,
-) -> Result<BoxTransport, TransportError> {
-    let _ = config;
-    match endpoint {
-        #[cfg(feature = "transport-tcp")]
-        Endpoint::Socket { .. } => {
-            let stream = tcp_connect(endpoint).await?;
-            Ok(Box::new(ByteStream::new(stream)))
-        }
-        #[cfg(all(unix, feature = "transport-unix"))]
-        Endpoint::Pipe { .. } => {
-            let path = endpoint.pipe_path().unwrap_or_default();
-            let stream = tokio::net::UnixStream::connect(path).await?;
-            Ok(Box::new(ByteStream::new(stream)))
-        }
-        #[cfg(feature = "transport-ws")]
-        Endpoint::Ws { .. } => {
-            let stream = tcp_connect(endpoint).await?;
-            let (ws, _) = tokio_tungstenite::client_async_with_config(
-                endpoint.to_string(),
-                stream,
-                Some(super::ws::ws_config(config)),
-            )
-            .await?;
-            Ok(Box::new(super::WsStream::new(ws, config)))
-        }
-        #[allow(unreachable_patterns)]
-        other => Err(feature_of(other)),
-    }
-}
-
-fn feature_of(endpoint: &Endpoint) -> TransportError {
-    match endpoint {
-        Endpoint::Socket { .. } => disabled("socket", "transport-tcp"),
-        Endpoint::Pipe { .. } => disabled("pipe", "transport-unix"),
-        Endpoint::Ws { .. } => disabled("ws", "transport-ws"),
-    }
-}
-
-#[cfg_attr(
-    not(any(feature = "transport-tcp", feature = "transport-ws")),
-    allow(dead_code)
-)]
-async fn tcp_connect(endpoint: &Endpoint) -> io::Result<TcpStream> {
-    let authority = endpoint.authority().unwrap_or_default();
-    let stream = TcpStream::connect(authority).await?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
 
 /// A bound server socket for one endpoint.
 #[derive(Debug)]

@@ -38,6 +38,7 @@
 //! connection queued (its `error` notice to the peer), for at most
 //! [`FLUSH_TIMEOUT`], then closes.
 
+mod connect;
 mod driver;
 mod listen;
 mod stream;
@@ -49,8 +50,9 @@ use std::io;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+pub use self::connect::connect;
 pub use self::driver::{Driver, Status};
-pub use self::listen::{Incoming, Listener, connect};
+pub use self::listen::{Incoming, Listener};
 pub use self::stream::ByteStream;
 pub use self::url::{DEFAULT_WS_PATH, Endpoint, MAX_PIPE_NAME_LEN, PIPE_PREFIX, UrlError};
 #[cfg(feature = "transport-ws")]
