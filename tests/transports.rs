@@ -393,3 +393,19 @@ async fn configured_users_replace_the_dev_user() {
     assert_eq!(response.user.unwrap().username, "alice");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn websocket_upgrade_on_another_path_is_refused() {
+    let server = TestServer::start().await;
+    let Endpoint::Ws { host, port, .. } = server.endpoints[2].clone() else {
+        panic!("third endpoint is ws");
+    };
+    let url = format!("ws://{host}:{port}/elsewhere");
+    match Client::connect(&url).await {
+        Err(ClientError::Transport(e)) => {
+            assert!(e.to_string().contains("404"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    server.stop().await;
+}
