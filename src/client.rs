@@ -333,8 +333,20 @@ impl Client {
                 queued += 1;
             }
             while let Some(event) = self.conn.poll_event() {
-                if let Some(reply) = reply_for(&id, event)? {
-                    return Ok(reply.unpack::<UploadResponse>(Validation::Lenient)?);
+                match reply_for(&id, event) {
+                    Ok(Some(reply)) => {
+                        return Ok(reply.unpack::<UploadResponse>(Validation::Lenient)?);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        // Refused early: end the transfer so the server
+                        // frees its slot; the end goes out with the next
+                        // call or on close.
+                        if sending && let Ok(end) = sender.end() {
+                            let _ = self.conn.send(end, Instant::now());
+                        }
+                        return Err(e);
+                    }
                 }
             }
             self.drive().await?;

@@ -409,3 +409,23 @@ async fn websocket_upgrade_on_another_path_is_refused() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn many_refused_uploads_leave_the_connection_usable() {
+    let server = TestServer::start().await;
+    let mut client = Client::connect(&server.endpoints[0].to_string())
+        .await
+        .unwrap();
+    let path = write_temp(&server, "slots.bin", &content(300_000, 3));
+    // More refused uploads than the server has stream slots (16).
+    for _ in 0..20 {
+        assert!(matches!(
+            client.upload(&path).await,
+            Err(ClientError::Server { code: 401, .. })
+        ));
+    }
+    client.signin("dev", PASSWORD).await.unwrap();
+    let uploaded = client.upload(&path).await.unwrap();
+    assert_eq!(uploaded.bytes, 300_000);
+    server.stop().await;
+}

@@ -181,6 +181,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn silent_peer_is_ended_by_the_idle_timer() {
+        let (_peer, mut server_io) = pair();
+        let mut config = ConnectionConfig::default();
+        config.set_idle_timeout(Some(std::time::Duration::from_millis(20)));
+        let mut server = Connection::new(Role::Server, config, Instant::now());
+        let mut result = server_io.drive(&mut server).await;
+        while let Ok(Status::Progress) = result {
+            result = server_io.drive(&mut server).await;
+        }
+        assert!(matches!(
+            result,
+            Err(TransportError::Protocol(crate::Error::PeerSilent { .. }))
+        ));
+    }
+
+    #[tokio::test]
     async fn fatal_error_flushes_the_notice_before_closing() {
         let (mut client_io, mut server_io) = pair();
         let now = Instant::now();
