@@ -203,4 +203,60 @@ mod tests {
             Err(TransportError::TextMessage { len: 5 })
         ));
     }
+
+    /// Feeds `cuts` of the frames of `count` pings as separate binary
+    /// messages and returns the ping ids the connection reports.
+    async fn ids_after_split(count: usize, cuts: &[usize]) -> Vec<String> {
+        let (mut raw, server_ws) = ws_pair().await;
+        let mut conn = Connection::new(Role::Server, ConnectionConfig::default(), Instant::now());
+        let mut driver = Driver::new(WsStream::new(server_ws, &TransportConfig::default()));
+        let mut wire = BytesMut::new();
+        for i in 0..count {
+            let mut ping = pack(&PingRequest {});
+            ping.id = format!("p{i}");
+            ping.seq = i32::try_from(i).unwrap();
+            crate::frame::encode_frame(&ping, usize::MAX, &mut wire).unwrap();
+        }
+        let mut bytes = wire.freeze();
+        let mut pieces = Vec::new();
+        for &cut in cuts {
+            let at = cut % (bytes.len() + 1);
+            pieces.push(bytes.split_to(at));
+        }
+        pieces.push(bytes);
+        let writer = tokio::spawn(async move {
+            for piece in pieces.into_iter().filter(|p| !p.is_empty()) {
+                raw.send(Message::Binary(piece)).await.unwrap();
+            }
+            raw
+        });
+        let mut ids = Vec::new();
+        while ids.len() < count {
+            assert_eq!(driver.drive(&mut conn).await.unwrap(), Status::Progress);
+            while let Some(event) = conn.poll_event() {
+                if let Event::Ping { id } = event {
+                    ids.push(id);
+                }
+            }
+        }
+        drop(writer.await.unwrap());
+        ids
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        #[test]
+        fn any_split_into_messages_delivers_every_envelope(
+            count in 1usize..6,
+            cuts in proptest::collection::vec(0usize..400, 0..8),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let ids = runtime.block_on(ids_after_split(count, &cuts));
+            let expected: Vec<String> = (0..count).map(|i| format!("p{i}")).collect();
+            proptest::prop_assert_eq!(ids, expected);
+        }
+    }
 }
