@@ -429,3 +429,20 @@ async fn many_refused_uploads_leave_the_connection_usable() {
     assert_eq!(uploaded.bytes, 300_000);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn clients_run_in_spawned_tasks() {
+    let server = TestServer::start().await;
+    let mut tasks = Vec::new();
+    for endpoint in server.endpoints.clone() {
+        tasks.push(tokio::spawn(async move {
+            let mut client = signed_in(&endpoint).await;
+            client.ping().await.unwrap();
+            client.close().await.unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    server.stop().await;
+}
