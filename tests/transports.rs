@@ -446,3 +446,26 @@ async fn clients_run_in_spawned_tasks() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn garbage_from_one_peer_closes_only_that_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let mut good = signed_in(&server.endpoints[0]).await;
+    let addr = server.endpoints[0].authority().unwrap();
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // A length prefix of 4 GiB - 1: over the max frame length.
+    raw.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    raw.read_to_end(&mut answer).await.unwrap();
+    // The server explained itself (an `error` frame) before closing.
+    let mut decoder = openiap_wire::frame::FrameDecoder::new(Default::default());
+    decoder.push(&answer);
+    let frame = decoder.decode().unwrap().expect("one whole frame");
+    let notice = openiap_wire::envelope::decode_envelope(frame).unwrap();
+    assert_eq!(notice.command, "error");
+    good.ping().await.unwrap();
+    server.stop().await;
+}
