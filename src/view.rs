@@ -50,7 +50,7 @@
 //! ```
 
 use bytes::Bytes;
-use prost::Message;
+use prost::{Message, Name};
 
 use crate::proto::Envelope;
 use crate::proto::google::protobuf::Any;
@@ -174,34 +174,26 @@ impl<'a> EnvelopeView<'a> {
             spanid: "",
         };
         let mut reader = Reader::new(frame, 0);
-        while let Some((field, wire_type, key_at)) = reader.key()? {
-            let expect = |expected: u8| {
-                if wire_type == expected {
-                    Ok(())
-                } else {
-                    Err(ViewError::WireType {
-                        offset: key_at,
-                        field,
-                        expected,
-                        found: wire_type,
-                    })
-                }
-            };
-            match field {
-                1 => view.command = reader.string(expect(LEN), "command")?,
-                2 => view.priority = reader.int32(expect(VARINT))?,
-                3 => view.seq = reader.int32(expect(VARINT))?,
-                4 => view.id = reader.string(expect(LEN), "id")?,
-                5 => view.rid = reader.string(expect(LEN), "rid")?,
-                6 => {
-                    expect(LEN)?;
-                    let (any, at) = reader.bytes()?;
+        while !reader.at_end() {
+            let key_at = reader.pos;
+            let (field, wire_type) = reader.key()?;
+            match (field, wire_type) {
+                (1, LEN) => view.command = reader.string("command")?,
+                (2, VARINT) => view.priority = reader.int32()?,
+                (3, VARINT) => view.seq = reader.int32()?,
+                (4, LEN) => view.id = reader.string("id")?,
+                (5, LEN) => view.rid = reader.string("rid")?,
+                (6, LEN) => {
+                    let any = reader.len_prefixed()?;
+                    let base = reader.offset().saturating_sub(any.len());
                     view.has_data = true;
-                    view.merge_any(any, at)?;
+                    view.merge_any(any, base)?;
                 }
-                7 => view.jwt = reader.string(expect(LEN), "jwt")?,
-                8 => view.traceid = reader.string(expect(LEN), "traceid")?,
-                9 => view.spanid = reader.string(expect(LEN), "spanid")?,
+                (7, LEN) => view.jwt = reader.string("jwt")?,
+                (8, LEN) => view.traceid = reader.string("traceid")?,
+                (9, LEN) => view.spanid = reader.string("spanid")?,
+                (2 | 3, _) => return Err(reader.wire_type_error(key_at, field, VARINT, wire_type)),
+                (1..=9, _) => return Err(reader.wire_type_error(key_at, field, LEN, wire_type)),
                 _ => reader.skip(field, wire_type, key_at, RECURSION_LIMIT)?,
             }
         }
@@ -212,24 +204,13 @@ impl<'a> EnvelopeView<'a> {
     /// repeated message field: each inner field present overwrites.
     fn merge_any(&mut self, any: &'a [u8], base: usize) -> Result<(), ViewError> {
         let mut reader = Reader::new(any, base);
-        while let Some((field, wire_type, key_at)) = reader.key()? {
-            let mismatch = ViewError::WireType {
-                offset: key_at,
-                field,
-                expected: LEN,
-                found: wire_type,
-            };
-            let check = if wire_type == LEN {
-                Ok(())
-            } else {
-                Err(mismatch)
-            };
-            match field {
-                1 => self.type_url = reader.string(check, "type_url")?,
-                2 => {
-                    check?;
-                    self.value = reader.bytes()?.0;
-                }
+        while !reader.at_end() {
+            let key_at = reader.pos;
+            let (field, wire_type) = reader.key()?;
+            match (field, wire_type) {
+                (1, LEN) => self.type_url = reader.string("type_url")?,
+                (2, LEN) => self.value = reader.len_prefixed()?,
+                (1 | 2, _) => return Err(reader.wire_type_error(key_at, field, LEN, wire_type)),
                 _ => reader.skip(field, wire_type, key_at, RECURSION_LIMIT - 1)?,
             }
         }
@@ -281,6 +262,24 @@ impl<'a> EnvelopeView<'a> {
     /// `"PingRequest"`), as [`command::type_name`](crate::command::type_name).
     pub fn type_name(&self) -> Option<&'a str> {
         crate::command::type_name(self.type_url)
+    }
+
+    /// Whether the type URL names `M` exactly, `[prefix/]<M::PACKAGE>.<M::NAME>`:
+    /// the [`Validation::Strict`](crate::command::Validation::Strict) rule.
+    /// For the schema's `openiap` messages this is the same answer as
+    /// `self.type_name() == Some(M::NAME)`, compared from the end of the URL
+    /// without scanning the prefix.
+    pub fn is_type<M: Name>(&self) -> bool {
+        let Some(head) = self.type_url.strip_suffix(M::NAME) else {
+            return false;
+        };
+        let Some(head) = head
+            .strip_suffix('.')
+            .and_then(|head| head.strip_suffix(M::PACKAGE))
+        else {
+            return false;
+        };
+        head.is_empty() || head.ends_with('/')
     }
 
     /// `data.value` as a slice of the frame; empty when there is no data.
@@ -343,101 +342,159 @@ impl<'a> EnvelopeView<'a> {
     }
 }
 
-/// A cursor over one protobuf message; `base` is the message's offset in the
-/// frame body, for error offsets.
+/// A cursor over one protobuf message: `message` is its bytes, `base` its
+/// offset in the frame body (for error offsets) and `pos` the next unread
+/// byte of `message`. Errors are built in `#[cold]` functions so that the
+/// success path stays small.
 struct Reader<'a> {
-    rest: &'a [u8],
+    message: &'a [u8],
     base: usize,
-    len: usize,
+    pos: usize,
 }
 
 impl<'a> Reader<'a> {
     fn new(message: &'a [u8], base: usize) -> Self {
         Self {
-            rest: message,
+            message,
             base,
-            len: message.len(),
+            pos: 0,
         }
+    }
+
+    #[inline]
+    fn at_end(&self) -> bool {
+        self.pos >= self.message.len()
     }
 
     /// Offset in the frame body of the next unread byte.
     fn offset(&self) -> usize {
-        self.base
-            .saturating_add(self.len.saturating_sub(self.rest.len()))
+        self.base.saturating_add(self.pos)
     }
 
+    /// A varint. Keys and lengths almost always fit one byte, so that case
+    /// is checked first.
+    #[inline]
     fn varint(&mut self) -> Result<u64, ViewError> {
-        let offset = self.offset();
+        match self.message.get(self.pos) {
+            Some(&byte) if byte < 0x80 => {
+                self.pos = self.pos.saturating_add(1);
+                Ok(u64::from(byte))
+            }
+            _ => self.varint_slow(),
+        }
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Result<u64, ViewError> {
+        let rest = self.message.get(self.pos..).unwrap_or_default();
         let mut value: u64 = 0;
-        for (count, &byte) in self.rest.iter().take(MAX_VARINT_LEN).enumerate() {
+        for (count, &byte) in rest.iter().take(MAX_VARINT_LEN).enumerate() {
             value |= u64::from(byte & 0x7f) << (count * 7);
             if byte < 0x80 {
                 if count == MAX_VARINT_LEN - 1 && byte >= 0x02 {
                     break;
                 }
-                self.rest = self.rest.get(count + 1..).unwrap_or_default();
+                self.pos = self.pos.saturating_add(count + 1);
                 return Ok(value);
             }
         }
-        Err(ViewError::InvalidVarint { offset })
+        Err(self.invalid_varint())
     }
 
-    /// The next key as (field number, wire type, offset), `None` at the end.
-    fn key(&mut self) -> Result<Option<(u32, u8, usize)>, ViewError> {
-        if self.rest.is_empty() {
-            return Ok(None);
-        }
-        let offset = self.offset();
+    /// The next key as (field number, wire type). Call only when not
+    /// [`at_end`](Self::at_end).
+    #[inline]
+    fn key(&mut self) -> Result<(u32, u8), ViewError> {
+        let at = self.pos;
         let key = self.varint()?;
-        let invalid = ViewError::InvalidKey { offset, key };
-        let Ok(key32) = u32::try_from(key) else {
-            return Err(invalid);
-        };
-        let wire_type = (key32 & 0x07) as u8;
-        let field = key32 >> 3;
-        if wire_type > FIXED32 || field == 0 {
-            return Err(invalid);
+        let wire_type = (key & 0x07) as u8;
+        match u32::try_from(key) {
+            Ok(key32) if key32 >> 3 != 0 && wire_type <= FIXED32 => Ok((key32 >> 3, wire_type)),
+            _ => Err(self.invalid_key(at, key)),
         }
-        Ok(Some((field, wire_type, offset)))
     }
 
+    #[inline]
     fn take(&mut self, len: u64) -> Result<&'a [u8], ViewError> {
-        let offset = self.offset();
-        let truncated = ViewError::Truncated {
-            offset,
-            needed: len,
-            remaining: self.rest.len(),
-        };
-        let len = usize::try_from(len).map_err(|_| truncated.clone())?;
-        let (taken, rest) = self.rest.split_at_checked(len).ok_or(truncated)?;
-        self.rest = rest;
-        Ok(taken)
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|len| self.pos.checked_add(len));
+        match end.and_then(|end| Some((self.message.get(self.pos..end)?, end))) {
+            Some((taken, end)) => {
+                self.pos = end;
+                Ok(taken)
+            }
+            None => Err(self.truncated(len)),
+        }
     }
 
-    /// A length-delimited value and its offset in the frame body.
-    fn bytes(&mut self) -> Result<(&'a [u8], usize), ViewError> {
+    /// A length-delimited value.
+    #[inline]
+    fn len_prefixed(&mut self) -> Result<&'a [u8], ViewError> {
         let len = self.varint()?;
-        let at = self.offset();
-        Ok((self.take(len)?, at))
+        self.take(len)
     }
 
-    fn string(
-        &mut self,
-        wire_type: Result<(), ViewError>,
-        field: &'static str,
-    ) -> Result<&'a str, ViewError> {
-        wire_type?;
-        let (bytes, offset) = self.bytes()?;
-        std::str::from_utf8(bytes).map_err(|_| ViewError::InvalidUtf8 { offset, field })
+    #[inline]
+    fn string(&mut self, field: &'static str) -> Result<&'a str, ViewError> {
+        let bytes = self.len_prefixed()?;
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Ok(text),
+            Err(_) => Err(self.invalid_utf8(bytes.len(), field)),
+        }
     }
 
-    fn int32(&mut self, wire_type: Result<(), ViewError>) -> Result<i32, ViewError> {
-        wire_type?;
-        // protobuf int32: the low 32 bits of the varint.
+    /// protobuf int32: the low 32 bits of the varint.
+    #[inline]
+    fn int32(&mut self) -> Result<i32, ViewError> {
         Ok(self.varint()? as i32)
     }
 
+    #[cold]
+    fn invalid_varint(&self) -> ViewError {
+        ViewError::InvalidVarint {
+            offset: self.offset(),
+        }
+    }
+
+    #[cold]
+    fn invalid_key(&self, at: usize, key: u64) -> ViewError {
+        ViewError::InvalidKey {
+            offset: self.base.saturating_add(at),
+            key,
+        }
+    }
+
+    #[cold]
+    fn truncated(&self, needed: u64) -> ViewError {
+        ViewError::Truncated {
+            offset: self.offset(),
+            needed,
+            remaining: self.message.len().saturating_sub(self.pos),
+        }
+    }
+
+    /// `len` bytes of string just read were not UTF-8.
+    #[cold]
+    fn invalid_utf8(&self, len: usize, field: &'static str) -> ViewError {
+        ViewError::InvalidUtf8 {
+            offset: self.offset().saturating_sub(len),
+            field,
+        }
+    }
+
+    #[cold]
+    fn wire_type_error(&self, at: usize, field: u32, expected: u8, found: u8) -> ViewError {
+        ViewError::WireType {
+            offset: self.base.saturating_add(at),
+            field,
+            expected,
+            found,
+        }
+    }
+
     /// Skips an unknown field; `budget` is the recursion left for groups.
+    #[inline(never)]
     fn skip(
         &mut self,
         field: u32,
@@ -447,7 +504,7 @@ impl<'a> Reader<'a> {
     ) -> Result<(), ViewError> {
         if budget == 0 {
             return Err(ViewError::TooDeep {
-                offset: key_at,
+                offset: self.base.saturating_add(key_at),
                 limit: RECURSION_LIMIT,
             });
         }
@@ -459,36 +516,30 @@ impl<'a> Reader<'a> {
                 self.take(8)?;
             }
             LEN => {
-                self.bytes()?;
+                self.len_prefixed()?;
             }
             FIXED32 => {
                 self.take(4)?;
             }
             START_GROUP => loop {
-                let Some((inner, inner_type, inner_at)) = self.key()? else {
+                if self.at_end() {
                     // The message ended inside the group.
-                    return Err(ViewError::Truncated {
-                        offset: self.offset(),
-                        needed: 1,
-                        remaining: 0,
-                    });
-                };
+                    return Err(self.truncated(1));
+                }
+                let inner_at = self.pos;
+                let (inner, inner_type) = self.key()?;
                 if inner_type == END_GROUP {
                     if inner != field {
-                        return Err(ViewError::InvalidKey {
-                            offset: inner_at,
-                            key: (u64::from(inner) << 3) | u64::from(END_GROUP),
-                        });
+                        let key = (u64::from(inner) << 3) | u64::from(END_GROUP);
+                        return Err(self.invalid_key(inner_at, key));
                     }
                     break;
                 }
                 self.skip(inner, inner_type, inner_at, budget - 1)?;
             },
             _ => {
-                return Err(ViewError::InvalidKey {
-                    offset: key_at,
-                    key: (u64::from(field) << 3) | u64::from(wire_type),
-                });
+                let key = (u64::from(field) << 3) | u64::from(wire_type);
+                return Err(self.invalid_key(key_at, key));
             }
         }
         Ok(())
@@ -706,6 +757,35 @@ mod tests {
         agree(&frame).unwrap();
     }
 
+    #[test]
+    fn is_type_matches_only_the_exact_name() {
+        let frame = encode_envelope(&ping("1", 0));
+        let view = EnvelopeView::parse(&frame).unwrap();
+        assert!(view.is_type::<PingRequest>());
+        assert!(!view.is_type::<Stream>());
+        for (url, expected) in [
+            ("openiap.PingRequest", true),
+            ("a/b/openiap.PingRequest", true),
+            ("/openiap.PingRequest", true),
+            ("xopeniap.PingRequest", false),
+            ("openiap.xPingRequest", false),
+            ("openiap.PingRequest/", false),
+            ("openiap.pingrequest", false),
+            ("", false),
+        ] {
+            let envelope = Envelope {
+                data: Some(Any {
+                    type_url: url.to_owned(),
+                    value: Bytes::new(),
+                }),
+                ..Envelope::default()
+            };
+            let frame = encode_envelope(&envelope);
+            let view = EnvelopeView::parse(&frame).unwrap();
+            assert_eq!(view.is_type::<PingRequest>(), expected, "{url}");
+        }
+    }
+
     fn arb_envelope() -> impl Strategy<Value = Envelope> {
         let payload = (".{0,48}", vec(any::<u8>(), 0..64)).prop_map(|(type_url, value)| Any {
             type_url,
@@ -744,6 +824,21 @@ mod tests {
             let mut wire = encode_envelope(&a).to_vec();
             wire.extend_from_slice(&encode_envelope(&b));
             agree(&Bytes::from(wire))?;
+        }
+
+        #[test]
+        fn prop_is_type_agrees_with_type_name(
+            prefix in "[a-z./]{0,12}",
+            name in "(openiap\\.)?(PingRequest|Stream|Ping|[A-Za-z.]{0,8})",
+        ) {
+            let envelope = Envelope {
+                data: Some(Any { type_url: format!("{prefix}{name}"), value: Bytes::new() }),
+                ..Envelope::default()
+            };
+            let frame = encode_envelope(&envelope);
+            let view = EnvelopeView::parse(&frame).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(view.is_type::<PingRequest>(), view.type_name() == Some("PingRequest"));
+            prop_assert_eq!(view.is_type::<Stream>(), view.type_name() == Some("Stream"));
         }
 
         #[test]
