@@ -7,7 +7,8 @@
     feature = "client",
     feature = "transport-tcp",
     feature = "transport-unix",
-    feature = "transport-ws"
+    feature = "transport-ws",
+    feature = "transport-grpc"
 ))]
 
 use std::path::{Path, PathBuf};
@@ -51,6 +52,7 @@ impl TestServer {
             "socket://127.0.0.1:0".parse().unwrap(),
             Endpoint::pipe(&format!("openiap-wire-test-{tag}")).unwrap(),
             "ws://127.0.0.1:0/ws/v2".parse().unwrap(),
+            "grpc://127.0.0.1:0".parse().unwrap(),
         ];
         configure(&mut config);
         let server = Server::bind(config).await.unwrap();
@@ -122,7 +124,8 @@ async fn signed_in(endpoint: &Endpoint) -> Client {
 #[tokio::test]
 async fn signin_pings_upload_and_download_over_every_transport() {
     let server = TestServer::start().await;
-    assert_eq!(server.endpoints.len(), 3);
+    let transports: Vec<_> = server.endpoints.iter().map(Endpoint::transport).collect();
+    assert_eq!(transports, ["socket", "pipe", "ws", "grpc"]);
     for (i, endpoint) in server.endpoints.clone().iter().enumerate() {
         let mut client = signed_in(endpoint).await;
         for _ in 0..5 {
@@ -143,7 +146,7 @@ async fn signin_pings_upload_and_download_over_every_transport() {
         assert_eq!(std::fs::read(&out).unwrap(), data, "{endpoint}");
         client.close().await.unwrap();
     }
-    assert_eq!(server.count("files"), 3);
+    assert_eq!(server.count("files"), 4);
     server.stop().await;
 }
 
@@ -468,4 +471,106 @@ async fn garbage_from_one_peer_closes_only_that_connection() {
     assert_eq!(notice.command, "error");
     good.ping().await.unwrap();
     server.stop().await;
+}
+
+/// The gRPC endpoint of a test server.
+fn grpc(server: &TestServer) -> &Endpoint {
+    server
+        .endpoints
+        .iter()
+        .find(|e| e.transport() == "grpc")
+        .expect("a grpc endpoint")
+}
+
+#[tokio::test]
+async fn grpc_message_over_the_max_frame_length_is_refused() {
+    let server = TestServer::start_with(|config| {
+        config
+            .connection
+            .frame_mut()
+            .set_max_frame_length(64 * 1024);
+    })
+    .await;
+    let mut client = signed_in(grpc(&server)).await;
+    // The client's own limit is the default (8 MiB), so the envelope
+    // leaves; the server's tonic decoder refuses it.
+    let envelope = Envelope {
+        command: "ping".into(),
+        data: Some(openiap_wire::proto::google::protobuf::Any {
+            type_url: String::new(),
+            value: Bytes::from(vec![7u8; 100 * 1024]),
+        }),
+        ..Envelope::default()
+    };
+    match client.call(envelope).await {
+        Err(ClientError::Transport(openiap_wire::transport::TransportError::Grpc(status))) => {
+            assert!(status.message().contains("65536"), "{status:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Other calls on the same server are unaffected.
+    signed_in(grpc(&server)).await.ping().await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_seq_beyond_the_window_is_a_protocol_error() {
+    let server = TestServer::start().await;
+    let io = connect(grpc(&server), &TransportConfig::default())
+        .await
+        .unwrap();
+    let mut driver = Driver::new(io);
+    let now = Instant::now();
+    let mut conn = Connection::new(Role::Client, ConnectionConfig::default(), now);
+    // Stamp and discard more envelopes than the server's reorder window,
+    // so the first one it sees is far ahead of the seq it expects.
+    for _ in 0..=openiap_wire::reorder::DEFAULT_WINDOW {
+        let pong = Envelope {
+            command: "pong".into(),
+            rid: "nothing".into(),
+            ..Envelope::default()
+        };
+        conn.send(pong, now).unwrap();
+        drop(conn.poll_envelope());
+    }
+    conn.request(&openiap_wire::proto::PingRequest {}, now)
+        .unwrap();
+    let mut notice = None;
+    loop {
+        let status = driver.drive(&mut conn).await;
+        while let Some(event) = conn.poll_event() {
+            if let Event::Request { envelope, .. } = event {
+                notice.get_or_insert(envelope.command);
+            }
+        }
+        if !matches!(status, Ok(Status::Progress)) {
+            break;
+        }
+    }
+    assert_eq!(
+        notice.as_deref(),
+        Some("error"),
+        "the server explained itself"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_connect_to_a_closed_port_is_a_typed_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let url = format!("grpc://127.0.0.1:{port}");
+    match Client::connect(&url).await {
+        Err(ClientError::Transport(openiap_wire::transport::TransportError::Grpc(status))) => {
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        Client::connect("grpc://127.0.0.1:443").await,
+        Err(ClientError::Url(
+            openiap_wire::transport::UrlError::TlsUnsupported { .. }
+        ))
+    ));
 }

@@ -19,7 +19,7 @@ use serde_json::json;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// Server URL: socket://HOST:PORT, pipe://./NAME or ws://HOST:PORT/ws/v2.
+    /// Server URL: socket://HOST:PORT, pipe://./NAME, ws://HOST:PORT/ws/v2 or grpc://HOST:PORT.
     #[arg(long, env = "OPENIAP_URL", default_value = "socket://127.0.0.1:50052")]
     url: String,
     /// Username for signin.
@@ -324,6 +324,7 @@ async fn demo_in(
         "socket://127.0.0.1:0".parse()?,
         Endpoint::pipe(&format!("openiap-demo-{tag}"))?,
         "ws://127.0.0.1:0/ws/v2".parse()?,
+        "grpc://127.0.0.1:0".parse()?,
     ];
     let server = Server::bind(config).await?;
     let endpoints = server.endpoints();

@@ -1,4 +1,5 @@
-//! `openiap-server`: the reference server on socket, pipe and WebSocket.
+//! `openiap-server`: the reference server on socket, pipe, WebSocket and
+//! gRPC.
 //!
 //! Prints one `listening <transport> <client-url>` line per listener on
 //! stdout (real ports), then `dev-password <pw>` when the password was
@@ -16,6 +17,9 @@ use openiap_wire::transport::Endpoint;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
+    /// gRPC listener for grpc:// clients, plaintext HTTP/2 (`off` disables it).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    grpc: String,
     /// TCP listener for socket:// clients (`off` disables it).
     #[arg(long, default_value = "127.0.0.1:50052")]
     socket: String,
@@ -48,6 +52,9 @@ fn read_users(path: &std::path::Path) -> Result<Vec<(String, String)>, String> {
 fn endpoints(args: &Args) -> Result<Vec<Endpoint>, String> {
     let mut out = Vec::new();
     let off = |value: &str| value.eq_ignore_ascii_case("off");
+    if !off(&args.grpc) {
+        out.push(parse(&format!("grpc://{}", args.grpc))?);
+    }
     if !off(&args.socket) {
         out.push(parse(&format!("socket://{}", args.socket))?);
     }

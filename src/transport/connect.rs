@@ -5,6 +5,8 @@
 //! | socket   | TCP, `TCP_NODELAY`               |
 //! | pipe     | Unix socket at `pipe_path()`     |
 //! | ws       | TCP + upgrade on the URL's path  |
+//! | grpc     | HTTP/2 + a `SetupStream` call    |
+//! | rest     | refused: [`TransportError::Stateless`] |
 
 use std::io;
 
@@ -52,6 +54,16 @@ pub async fn connect(
             .await?;
             Ok(Box::new(super::WsStream::new(ws, config)))
         }
+        #[cfg(feature = "transport-grpc")]
+        Endpoint::Grpc { .. } => {
+            let authority = endpoint.authority().unwrap_or_default();
+            Ok(Box::new(
+                super::GrpcStream::connect(&authority, config).await?,
+            ))
+        }
+        Endpoint::Rest { .. } => Err(TransportError::Stateless {
+            url: endpoint.to_string(),
+        }),
         #[allow(unreachable_patterns)]
         other => Err(feature_of(other)),
     }
@@ -62,6 +74,10 @@ pub(super) fn feature_of(endpoint: &Endpoint) -> TransportError {
         Endpoint::Socket { .. } => disabled("socket", "transport-tcp"),
         Endpoint::Pipe { .. } => disabled("pipe", "transport-unix"),
         Endpoint::Ws { .. } => disabled("ws", "transport-ws"),
+        Endpoint::Grpc { .. } => disabled("grpc", "transport-grpc"),
+        Endpoint::Rest { .. } => TransportError::Stateless {
+            url: endpoint.to_string(),
+        },
     }
 }
 

@@ -5,6 +5,7 @@
 //! | socket   | TCP; accepted sockets get `TCP_NODELAY`                                    |
 //! | pipe     | removes a stale socket file first, and its own on drop                     |
 //! | ws       | TCP; the upgrade runs in [`Incoming::accept`], only on the configured path |
+//! | grpc     | HTTP/2 served in a background task; each `SetupStream` call is one accept  |
 //!
 //! Accepting is split in two so that a slow WebSocket handshake never
 //! blocks the accept loop: [`Listener::accept`] returns at once and the
@@ -40,6 +41,8 @@ enum Kind {
     },
     #[cfg_attr(not(feature = "transport-ws"), allow(dead_code))]
     Ws { listener: TcpListener, path: String },
+    #[cfg(feature = "transport-grpc")]
+    Grpc(super::grpc::GrpcServer),
 }
 
 impl Listener {
@@ -84,6 +87,11 @@ impl Listener {
                 listener: TcpListener::bind(endpoint.authority().unwrap_or_default()).await?,
                 path: path.clone(),
             },
+            #[cfg(feature = "transport-grpc")]
+            Endpoint::Grpc { .. } => {
+                let listener = TcpListener::bind(endpoint.authority().unwrap_or_default()).await?;
+                Kind::Grpc(super::grpc::GrpcServer::start(listener, &config)?)
+            }
             #[allow(unreachable_patterns)]
             other => return Err(feature_of(other)),
         };
@@ -114,6 +122,14 @@ impl Listener {
                     path: path.clone(),
                 }
             }
+            #[cfg(feature = "transport-grpc")]
+            Kind::Grpc(server) => {
+                let addr = server.local_addr();
+                Endpoint::Grpc {
+                    host: addr.ip().to_string(),
+                    port: addr.port(),
+                }
+            }
         })
     }
 
@@ -137,6 +153,11 @@ impl Listener {
             Kind::Ws { listener, path } => {
                 let (stream, peer) = listener.accept().await?;
                 (IncomingKind::Ws(stream, path.clone()), peer.to_string())
+            }
+            #[cfg(feature = "transport-grpc")]
+            Kind::Grpc(server) => {
+                let (stream, peer) = server.accept().await?;
+                (IncomingKind::Grpc(stream), peer.to_string())
             }
         };
         Ok(Incoming {
@@ -196,6 +217,8 @@ enum IncomingKind {
     Unix(tokio::net::UnixStream),
     #[cfg_attr(not(feature = "transport-ws"), allow(dead_code))]
     Ws(TcpStream, String),
+    #[cfg(feature = "transport-grpc")]
+    Grpc(super::GrpcStream),
 }
 
 impl Incoming {
@@ -246,6 +269,8 @@ impl Incoming {
             }
             #[cfg(not(feature = "transport-ws"))]
             IncomingKind::Ws(..) => Err(disabled("ws", "transport-ws")),
+            #[cfg(feature = "transport-grpc")]
+            IncomingKind::Grpc(stream) => Ok(Box::new(stream)),
         }
     }
 }

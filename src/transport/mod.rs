@@ -20,6 +20,7 @@
 //! | TCP       | `socket://HOST:PORT`   | [`ByteStream`]`<TcpStream>`  | `transport-tcp`  |
 //! | Unix      | `pipe://./NAME`        | [`ByteStream`]`<UnixStream>` | `transport-unix` |
 //! | WebSocket | `ws://HOST:PORT/ws/v2` | `WsStream`              | `transport-ws`   |
+//! | gRPC      | `grpc://HOST:PORT`     | `GrpcStream`            | `transport-grpc` |
 //!
 //! Byte streams read straight into the connection's receive buffer (no
 //! copy) and write each [`poll_transmit`](Connection::poll_transmit) batch
@@ -28,6 +29,11 @@
 //! peer sends prefix and body as two). It sends each batch as one binary
 //! message, cut so that no message exceeds
 //! [`TransportConfig::max_message_size`].
+//!
+//! gRPC frames its own messages: [`GrpcStream`](grpc::GrpcStream) hands
+//! whole envelopes to [`Connection::handle_envelope`] and takes them from
+//! [`Connection::poll_envelope`], with tonic's message limits set to the
+//! max frame length.
 //!
 //! Memory per connection is bounded by the connection's own limits plus one
 //! outgoing batch ([`TRANSMIT_BATCH`](crate::connection::TRANSMIT_BATCH)
@@ -40,6 +46,8 @@
 
 mod connect;
 mod driver;
+#[cfg(feature = "transport-grpc")]
+pub mod grpc;
 mod listen;
 mod stream;
 mod url;
@@ -52,9 +60,14 @@ use std::time::{Duration, Instant};
 
 pub use self::connect::connect;
 pub use self::driver::{Driver, Status};
+#[cfg(feature = "transport-grpc")]
+pub use self::grpc::GrpcStream;
 pub use self::listen::{Incoming, Listener};
 pub use self::stream::ByteStream;
-pub use self::url::{DEFAULT_WS_PATH, Endpoint, MAX_PIPE_NAME_LEN, PIPE_PREFIX, UrlError};
+pub use self::url::{
+    DEFAULT_REST_PATH, DEFAULT_WS_PATH, Endpoint, GRPC_TLS_PORT, MAX_PIPE_NAME_LEN, PIPE_PREFIX,
+    UrlError,
+};
 #[cfg(feature = "transport-ws")]
 pub use self::ws::WsStream;
 use crate::connection::Connection;
@@ -79,6 +92,11 @@ pub enum TransportError {
     #[cfg(feature = "transport-ws")]
     #[error("websocket: {0}")]
     WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    /// The gRPC call failed: refused, reset, or a message over the size
+    /// limit (tonic's status says which).
+    #[cfg(feature = "transport-grpc")]
+    #[error("grpc: {0}")]
+    Grpc(#[from] tonic::Status),
     /// The peer sent a text WebSocket message; the protocol is binary.
     #[error("websocket text message of {len} bytes; only binary messages carry envelopes")]
     TextMessage {
@@ -91,10 +109,20 @@ pub enum TransportError {
     /// The URL cannot be used.
     #[error(transparent)]
     Url(#[from] UrlError),
+    /// A REST endpoint was used where a connection is needed: REST carries
+    /// one stateless POST per envelope.
+    #[error(
+        "{url} is REST: one stateless POST per envelope, not a connection; \
+         use socket://, pipe://, ws:// or grpc:// (the server serves REST beside ws://)"
+    )]
+    Stateless {
+        /// The URL.
+        url: String,
+    },
     /// The transport was not compiled in.
     #[error("transport {transport:?} is not enabled in this build (cargo feature {feature:?})")]
     Disabled {
-        /// `socket`, `pipe` or `ws`.
+        /// `socket`, `pipe`, `ws`, `grpc` or `rest`.
         transport: &'static str,
         /// The cargo feature that enables it.
         feature: &'static str,

@@ -5,12 +5,15 @@
 //! | `socket://HOST:PORT`     | [`Endpoint::Socket`]          | TCP to HOST:PORT               |
 //! | `pipe://./NAME`          | [`Endpoint::Pipe`]            | Unix socket `/tmp/CoreFxPipe_NAME` |
 //! | `ws://HOST:PORT/PATH`    | [`Endpoint::Ws`]              | TCP, WebSocket upgrade on PATH |
+//! | `grpc://HOST:PORT`       | [`Endpoint::Grpc`]            | TCP, plaintext HTTP/2 (h2c)    |
+//! | `http://HOST:PORT/PATH`  | [`Endpoint::Rest`]            | TCP, one HTTP/1.1 POST per envelope |
 //!
 //! The host of a pipe URL is ignored (`.` is what everyone writes). A ws URL
-//! without a path means [`DEFAULT_WS_PATH`], where OpenFlow serves it. IPv6
-//! hosts are written in brackets (`socket://[::1]:50052`). `grpc://`,
-//! `http://` and `wss://` are recognised and refused with
-//! [`UrlError::UnsupportedScheme`]: those transports are not built yet.
+//! without a path means [`DEFAULT_WS_PATH`], a REST URL without one
+//! [`DEFAULT_REST_PATH`], where OpenFlow serves them. IPv6 hosts are written
+//! in brackets (`socket://[::1]:50052`). TLS is not supported: `wss://`,
+//! `https://` and `grpc://HOST:443` (which the Node peer dials with TLS)
+//! are refused with [`UrlError::TlsUnsupported`].
 
 use std::fmt;
 use std::path::PathBuf;
@@ -19,6 +22,13 @@ use std::str::FromStr;
 /// Where OpenFlow serves the WebSocket transport, and the path a ws URL
 /// without one gets.
 pub const DEFAULT_WS_PATH: &str = "/ws/v2";
+
+/// Where OpenFlow serves the REST transport, and the path an http URL
+/// without one gets.
+pub const DEFAULT_REST_PATH: &str = "/api/v2";
+
+/// The port on which a `grpc://` URL means TLS to the Node peer.
+pub const GRPC_TLS_PORT: u16 = 443;
 
 /// The directory and prefix of pipe sockets, as .NET and the Node peer
 /// build them: `pipe://./NAME` is the Unix socket `/tmp/CoreFxPipe_NAME`.
@@ -33,13 +43,15 @@ pub const MAX_PIPE_NAME_LEN: usize = 91;
 #[non_exhaustive]
 pub enum UrlError {
     /// No `scheme://` in front.
-    #[error("{url:?} has no scheme: expected socket://, pipe:// or ws://")]
+    #[error("{url:?} has no scheme: expected socket://, pipe://, ws://, grpc:// or http://")]
     MissingScheme {
         /// The URL as given.
         url: String,
     },
     /// A scheme this build cannot connect with.
-    #[error("scheme {scheme:?} is not supported: expected socket://, pipe:// or ws://")]
+    #[error(
+        "scheme {scheme:?} is not supported: expected socket://, pipe://, ws://, grpc:// or http://"
+    )]
     UnsupportedScheme {
         /// The scheme as given.
         scheme: String,
@@ -62,8 +74,16 @@ pub enum UrlError {
         /// The port text.
         port: String,
     },
-    /// `socket://` takes no path.
-    #[error("{url:?} has a path; socket:// URLs are HOST:PORT only")]
+    /// The URL asks for TLS, which this crate does not implement.
+    #[error("{url:?} needs TLS, which is not supported: use a plaintext URL ({hint})")]
+    TlsUnsupported {
+        /// The URL as given.
+        url: String,
+        /// What to use instead.
+        hint: &'static str,
+    },
+    /// `socket://` and `grpc://` take no path.
+    #[error("{url:?} has a path; socket:// and grpc:// URLs are HOST:PORT only")]
     UnexpectedPath {
         /// The URL as given.
         url: String,
@@ -104,6 +124,24 @@ pub enum Endpoint {
         /// The upgrade path, starting with `/`.
         path: String,
     },
+    /// `grpc://HOST:PORT`: one envelope per message of the
+    /// `openiap.FlowService/SetupStream` call, plaintext HTTP/2.
+    Grpc {
+        /// Host name or IP address (IPv6 without brackets).
+        host: String,
+        /// TCP port, never [`GRPC_TLS_PORT`]; 0 lets a listener pick one.
+        port: u16,
+    },
+    /// `http://HOST:PORT/PATH`: REST, one JSON envelope per POST, no
+    /// session (served beside WebSocket on the same listener).
+    Rest {
+        /// Host name or IP address (IPv6 without brackets).
+        host: String,
+        /// TCP port.
+        port: u16,
+        /// The POST path, starting with `/`.
+        path: String,
+    },
 }
 
 impl Endpoint {
@@ -129,12 +167,15 @@ impl Endpoint {
         })
     }
 
-    /// The transport's short name: `socket`, `pipe` or `ws`.
+    /// The transport's short name: `socket`, `pipe`, `ws`, `grpc` or
+    /// `rest`.
     pub fn transport(&self) -> &'static str {
         match self {
             Self::Socket { .. } => "socket",
             Self::Pipe { .. } => "pipe",
             Self::Ws { .. } => "ws",
+            Self::Grpc { .. } => "grpc",
+            Self::Rest { .. } => "rest",
         }
     }
 
@@ -149,9 +190,10 @@ impl Endpoint {
     /// `host:port` of a TCP-based endpoint, brackets added for IPv6.
     pub fn authority(&self) -> Option<String> {
         match self {
-            Self::Socket { host, port } | Self::Ws { host, port, .. } => {
-                Some(join_host_port(host, *port))
-            }
+            Self::Socket { host, port }
+            | Self::Ws { host, port, .. }
+            | Self::Grpc { host, port }
+            | Self::Rest { host, port, .. } => Some(join_host_port(host, *port)),
             Self::Pipe { .. } => None,
         }
     }
@@ -172,6 +214,10 @@ impl fmt::Display for Endpoint {
             Self::Pipe { name } => write!(f, "pipe://./{name}"),
             Self::Ws { host, port, path } => {
                 write!(f, "ws://{}{path}", join_host_port(host, *port))
+            }
+            Self::Grpc { host, port } => write!(f, "grpc://{}", join_host_port(host, *port)),
+            Self::Rest { host, port, path } => {
+                write!(f, "http://{}{path}", join_host_port(host, *port))
             }
         }
     }
@@ -210,6 +256,34 @@ impl FromStr for Endpoint {
                 };
                 Ok(Self::Ws { host, port, path })
             }
+            "grpc" => {
+                if !path.is_empty() && path != "/" {
+                    return Err(UrlError::UnexpectedPath {
+                        url: url.to_owned(),
+                    });
+                }
+                let (host, port) = split_host_port(url, authority)?;
+                if port == GRPC_TLS_PORT {
+                    return Err(UrlError::TlsUnsupported {
+                        url: url.to_owned(),
+                        hint: "grpc://HOST:PORT with a port other than 443",
+                    });
+                }
+                Ok(Self::Grpc { host, port })
+            }
+            "http" => {
+                let (host, port) = split_host_port(url, authority)?;
+                let path = if path.is_empty() {
+                    DEFAULT_REST_PATH.to_owned()
+                } else {
+                    path.to_owned()
+                };
+                Ok(Self::Rest { host, port, path })
+            }
+            "wss" | "https" => Err(UrlError::TlsUnsupported {
+                url: url.to_owned(),
+                hint: "ws:// or http://",
+            }),
             _ => Err(UrlError::UnsupportedScheme {
                 scheme: scheme.to_owned(),
             }),
@@ -331,8 +405,8 @@ mod tests {
             Err(UrlError::MissingScheme { .. })
         ));
         assert!(matches!(
-            parse("grpc://127.0.0.1:50051"),
-            Err(UrlError::UnsupportedScheme { scheme }) if scheme == "grpc"
+            parse("ftp://127.0.0.1:50051"),
+            Err(UrlError::UnsupportedScheme { scheme }) if scheme == "ftp"
         ));
         assert!(matches!(
             parse("socket://127.0.0.1"),
@@ -352,6 +426,54 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn grpc_url_parses_and_refuses_a_path() {
+        assert_eq!(
+            parse("grpc://localhost:50051"),
+            Ok(Endpoint::Grpc {
+                host: "localhost".into(),
+                port: 50051
+            })
+        );
+        assert_eq!(
+            parse("grpc://[::1]:7").unwrap().to_string(),
+            "grpc://[::1]:7"
+        );
+        assert!(matches!(
+            parse("grpc://h:1/openiap.FlowService"),
+            Err(UrlError::UnexpectedPath { .. })
+        ));
+    }
+
+    #[test]
+    fn grpc_port_443_and_tls_schemes_are_refused_as_tls() {
+        for url in [
+            "grpc://grpc.example.org:443",
+            "wss://h:1/ws/v2",
+            "https://h:1/api/v2",
+        ] {
+            assert!(
+                matches!(parse(url), Err(UrlError::TlsUnsupported { .. })),
+                "{url}"
+            );
+        }
+    }
+
+    #[test]
+    fn http_url_is_rest_with_the_default_path() {
+        assert_eq!(
+            parse("http://127.0.0.1:8080"),
+            Ok(Endpoint::Rest {
+                host: "127.0.0.1".into(),
+                port: 8080,
+                path: DEFAULT_REST_PATH.into()
+            })
+        );
+        let endpoint = parse("http://h:1/api/v2").unwrap();
+        assert_eq!(endpoint.transport(), "rest");
+        assert_eq!(endpoint.to_string(), "http://h:1/api/v2");
+    }
+
     proptest! {
         #[test]
         fn parse_never_panics(url in ".{0,64}") {
@@ -368,7 +490,12 @@ mod tests {
                 Endpoint::Socket { host: host.clone(), port },
                 Endpoint::pipe(&name).unwrap(),
                 Endpoint::Ws { host: host.clone(), port, path: "/ws/v2".into() },
+                Endpoint::Rest { host: host.clone(), port, path: "/api/v2".into() },
             ] {
+                prop_assert_eq!(parse(&endpoint.to_string()), Ok(endpoint));
+            }
+            if port != GRPC_TLS_PORT {
+                let endpoint = Endpoint::Grpc { host: host.clone(), port };
                 prop_assert_eq!(parse(&endpoint.to_string()), Ok(endpoint));
             }
         }
