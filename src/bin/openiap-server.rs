@@ -1,5 +1,5 @@
-//! `openiap-server`: the reference server on socket, pipe, WebSocket and
-//! gRPC.
+//! `openiap-server`: the reference server on socket, pipe, WebSocket,
+//! gRPC and (experimental, beside WebSocket) REST.
 //!
 //! Prints one `listening <transport> <client-url>` line per listener on
 //! stdout (real ports), then `dev-password <pw>` when the password was
@@ -26,7 +26,8 @@ struct Args {
     /// Pipe name for pipe:// clients, a Unix socket at /tmp/CoreFxPipe_NAME (`off` disables it).
     #[arg(long, default_value = "openiap")]
     pipe: String,
-    /// HTTP listener; WebSocket clients connect to ws://ADDR/ws/v2 (`off` disables it).
+    /// HTTP listener: WebSocket at ws://ADDR/ws/v2 and REST (experimental) at
+    /// http://ADDR/api/v2 (`off` disables it).
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: String,
     /// Data directory: token secret and uploaded files.
@@ -135,7 +136,11 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    for endpoint in server.endpoints() {
+    for endpoint in server
+        .endpoints()
+        .into_iter()
+        .chain(server.rest_endpoints())
+    {
         println!("listening {} {endpoint}", endpoint.transport());
     }
     if let (true, Some(password)) = (generated, server.dev_password()) {

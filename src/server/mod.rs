@@ -62,12 +62,14 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 pub use self::session::MAX_DOWNLOADS_PER_CONNECTION;
+#[cfg(feature = "transport-rest")]
+pub use self::session::REST_TIMEOUT;
 
 use self::auth::{Auth, random_bytes};
 use self::session::Session;
 use self::store::{FileStore, StoreError};
 use crate::connection::ConnectionConfig;
-use crate::transport::{Endpoint, Listener, TransportConfig, TransportError};
+use crate::transport::{Accepted, Endpoint, Listener, TransportConfig, TransportError};
 
 /// How long sessions get to finish after shutdown before they are cancelled.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -265,6 +267,27 @@ impl Server {
         self.listeners.iter().map(|(_, e)| e.clone()).collect()
     }
 
+    /// The REST URL served beside each WebSocket listener
+    /// (`http://HOST:PORT/api/v2`); empty without the `transport-rest`
+    /// feature. REST is one stateless POST per envelope, so these are not
+    /// in [`endpoints`](Self::endpoints), which a client can connect to.
+    pub fn rest_endpoints(&self) -> Vec<Endpoint> {
+        if !cfg!(feature = "transport-rest") {
+            return Vec::new();
+        }
+        self.listeners
+            .iter()
+            .filter_map(|(_, endpoint)| match endpoint {
+                Endpoint::Ws { host, port, .. } => Some(Endpoint::Rest {
+                    host: host.clone(),
+                    port: *port,
+                    path: crate::transport::DEFAULT_REST_PATH.to_owned(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The password of the user [`DEV_USERNAME`], when the server runs
     /// with that one user (no [`ServerConfig::users`]).
     pub fn dev_password(&self) -> Option<&str> {
@@ -314,7 +337,11 @@ async fn accept_loop(
                     sessions.spawn(async move {
                         let peer = incoming.peer().to_owned();
                         match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming.accept()).await {
-                            Ok(Ok(io)) => Session::new(io, shared, transport, peer).run(stop).await,
+                            Ok(Ok(Accepted::Connection(io))) => {
+                                Session::new(io, shared, transport, peer).run(stop).await;
+                            }
+                            #[cfg(feature = "transport-rest")]
+                            Ok(Ok(Accepted::Rest(rest))) => serve_rest(rest, shared, peer, stop).await,
                             Ok(Err(e)) => info!(transport, %peer, error = %e, "handshake failed"),
                             Err(_) => info!(transport, %peer, "handshake timed out"),
                         }
@@ -341,5 +368,28 @@ async fn accept_loop(
             "sessions cancelled after the grace period"
         );
         sessions.shutdown().await;
+    }
+}
+
+/// Serves the REST POSTs of one HTTP connection: each envelope runs in a
+/// fresh session ([`session::exchange`]).
+#[cfg(feature = "transport-rest")]
+async fn serve_rest(
+    rest: crate::transport::rest::RestConnection,
+    shared: Arc<Shared>,
+    peer: String,
+    stop: watch::Receiver<bool>,
+) {
+    let handler = {
+        let peer = peer.clone();
+        let stop = stop.clone();
+        move |envelope| session::exchange(envelope, Arc::clone(&shared), peer.clone(), stop.clone())
+    };
+    let mut shutdown = stop;
+    let served = rest
+        .serve(handler, async move { stopped(&mut shutdown).await })
+        .await;
+    if let Err(e) = served {
+        info!(transport = "rest", %peer, error = %e, "http connection failed");
     }
 }

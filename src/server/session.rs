@@ -449,3 +449,43 @@ impl Session {
         }
     }
 }
+
+/// How long one REST request may take in its session before it is
+/// answered `error` 504.
+#[cfg(feature = "transport-rest")]
+pub const REST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Answers one REST envelope statelessly: a fresh session (a new
+/// [`Connection`], nobody signed in) over an
+/// [`Exchange`](crate::transport::rest::Exchange); the reply is what it
+/// sent back for the envelope's id.
+#[cfg(feature = "transport-rest")]
+pub(super) async fn exchange(
+    request: Envelope,
+    shared: Arc<Shared>,
+    peer: String,
+    stop: watch::Receiver<bool>,
+) -> Envelope {
+    use crate::envelope::error_reply;
+    use crate::transport::rest::Exchange;
+    let (io, replies) = Exchange::new(request.clone());
+    let session = Session::new(Box::new(io), shared, "rest", peer);
+    if tokio::time::timeout(REST_TIMEOUT, session.run(stop))
+        .await
+        .is_err()
+    {
+        let message = format!("no answer within {REST_TIMEOUT:?}");
+        return error_reply(&request, message, 504);
+    }
+    replies
+        .take()
+        .into_iter()
+        .find(|sent| sent.rid == request.id)
+        .unwrap_or_else(|| {
+            let message = format!(
+                "nothing answers a {:?} envelope with rid {:?}: REST carries requests",
+                request.command, request.rid
+            );
+            error_reply(&request, message, 400)
+        })
+}

@@ -71,7 +71,7 @@ pub const OUTGOING_QUEUE: usize = 8;
 /// what a single socket can make the server hold.
 pub const MAX_CALLS_PER_CONNECTION: u32 = 16;
 
-/// Calls accepted by HTTP/2 but not yet taken by [`GrpcServer::accept`];
+/// Calls accepted by HTTP/2 but not yet taken by the server's accept loop;
 /// a call waits (backpressure) when the queue is full.
 pub const ACCEPT_QUEUE: usize = 64;
 

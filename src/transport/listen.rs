@@ -5,6 +5,7 @@
 //! | socket   | TCP; accepted sockets get `TCP_NODELAY`                                    |
 //! | pipe     | removes a stale socket file first, and its own on drop                     |
 //! | ws       | TCP; the upgrade runs in [`Incoming::accept`], only on the configured path |
+//! | (rest)   | same listener as ws: a connection that opens with `POST ` is REST          |
 //! | grpc     | HTTP/2 served in a background task; each `SetupStream` call is one accept  |
 //!
 //! Accepting is split in two so that a slow WebSocket handshake never
@@ -227,14 +228,28 @@ impl Incoming {
         &self.peer
     }
 
-    /// Finishes accepting: `TCP_NODELAY`, and the WebSocket upgrade (a
-    /// request for another path is answered 404 and fails).
+    /// Finishes accepting: `TCP_NODELAY`, and on an HTTP listener either
+    /// the WebSocket upgrade (a request for another path is answered 404
+    /// and fails) or, when the connection opens with a POST, REST.
     ///
     /// # Errors
     ///
     /// An IO or handshake error.
+    pub async fn accept(self) -> Result<Accepted, TransportError> {
+        #[cfg(feature = "transport-rest")]
+        if let IncomingKind::Ws(stream, _) = &self.kind
+            && opens_with_post(stream).await?
+            && let IncomingKind::Ws(stream, _) = self.kind
+        {
+            stream.set_nodelay(true)?;
+            let rest = super::rest::RestConnection::new(stream, &self.config);
+            return Ok(Accepted::Rest(rest));
+        }
+        self.accept_connection().await.map(Accepted::Connection)
+    }
+
     #[allow(clippy::result_large_err)] // tungstenite's callback error type
-    pub async fn accept(self) -> Result<BoxTransport, TransportError> {
+    async fn accept_connection(self) -> Result<BoxTransport, TransportError> {
         match self.kind {
             IncomingKind::Tcp(stream) => {
                 stream.set_nodelay(true)?;
@@ -272,5 +287,45 @@ impl Incoming {
             #[cfg(feature = "transport-grpc")]
             IncomingKind::Grpc(stream) => Ok(Box::new(stream)),
         }
+    }
+}
+
+/// What [`Incoming::accept`] produced.
+#[non_exhaustive]
+pub enum Accepted {
+    /// A connection: drive it with a [`Driver`](super::Driver).
+    Connection(BoxTransport),
+    /// An HTTP connection carrying REST POSTs (served beside ws).
+    #[cfg(feature = "transport-rest")]
+    Rest(super::rest::RestConnection),
+}
+
+impl std::fmt::Debug for Accepted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connection(_) => f.write_str("Accepted::Connection"),
+            #[cfg(feature = "transport-rest")]
+            Self::Rest(rest) => f.debug_tuple("Accepted::Rest").field(rest).finish(),
+        }
+    }
+}
+
+/// Waits for the first bytes of an HTTP connection and tells whether it is
+/// a POST (REST) rather than a WebSocket upgrade. Peeking leaves the bytes
+/// for whoever handles the connection.
+#[cfg(feature = "transport-rest")]
+async fn opens_with_post(stream: &TcpStream) -> io::Result<bool> {
+    const METHOD: usize = 5; // "POST "
+    let mut head = [0u8; METHOD];
+    loop {
+        let n = stream.peek(&mut head).await?;
+        let seen = head.get(..n).unwrap_or_default();
+        if n == 0 || n >= METHOD || !b"POST ".starts_with(seen) {
+            return Ok(super::rest::is_post(seen));
+        }
+        // A method cut across segments: peek returns at once while the
+        // bytes wait in the socket, so give the rest a moment to arrive
+        // (the caller bounds the whole handshake).
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
 }

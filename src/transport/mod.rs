@@ -21,6 +21,7 @@
 //! | Unix      | `pipe://./NAME`        | [`ByteStream`]`<UnixStream>` | `transport-unix` |
 //! | WebSocket | `ws://HOST:PORT/ws/v2` | `WsStream`              | `transport-ws`   |
 //! | gRPC      | `grpc://HOST:PORT`     | `GrpcStream`            | `transport-grpc` |
+//! | REST      | `http://HOST:PORT/api/v2` | `rest::RestConnection` (server side, one POST per envelope) | `transport-rest` |
 //!
 //! Byte streams read straight into the connection's receive buffer (no
 //! copy) and write each [`poll_transmit`](Connection::poll_transmit) batch
@@ -30,7 +31,7 @@
 //! message, cut so that no message exceeds
 //! [`TransportConfig::max_message_size`].
 //!
-//! gRPC frames its own messages: [`GrpcStream`](grpc::GrpcStream) hands
+//! gRPC frames its own messages: [`GrpcStream`] hands
 //! whole envelopes to [`Connection::handle_envelope`] and takes them from
 //! [`Connection::poll_envelope`], with tonic's message limits set to the
 //! max frame length.
@@ -49,6 +50,8 @@ mod driver;
 #[cfg(feature = "transport-grpc")]
 pub mod grpc;
 mod listen;
+#[cfg(feature = "transport-rest")]
+pub mod rest;
 mod stream;
 mod url;
 #[cfg(feature = "transport-ws")]
@@ -62,7 +65,7 @@ pub use self::connect::connect;
 pub use self::driver::{Driver, Status};
 #[cfg(feature = "transport-grpc")]
 pub use self::grpc::GrpcStream;
-pub use self::listen::{Incoming, Listener};
+pub use self::listen::{Accepted, Incoming, Listener};
 pub use self::stream::ByteStream;
 pub use self::url::{
     DEFAULT_REST_PATH, DEFAULT_WS_PATH, Endpoint, GRPC_TLS_PORT, MAX_PIPE_NAME_LEN, PIPE_PREFIX,
