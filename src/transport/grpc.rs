@@ -379,3 +379,143 @@ async fn serve_connection(
         tracing::debug!(%peer, error = %e, "grpc connection ended");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::{ConnectionConfig, Event, Role};
+    use crate::proto::PingRequest;
+    use crate::transport::{Driver, Status as DriveStatus};
+
+    async fn server() -> GrpcServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        GrpcServer::start(listener, &TransportConfig::default()).unwrap()
+    }
+
+    fn connection(role: Role) -> Connection {
+        Connection::new(role, ConnectionConfig::default(), Instant::now())
+    }
+
+    #[tokio::test]
+    async fn ping_round_trip_over_setup_stream() {
+        let server = server().await;
+        let authority = server.local_addr().to_string();
+        let serving = tokio::spawn(async move {
+            let (stream, _) = server.accept().await.unwrap();
+            let mut driver = Driver::new(stream);
+            let mut conn = connection(Role::Server);
+            // The core answers the ping; run until the client leaves.
+            while let Ok(DriveStatus::Progress) = driver.drive(&mut conn).await {}
+            conn
+        });
+        let stream = GrpcStream::connect(&authority, &TransportConfig::default())
+            .await
+            .unwrap();
+        let mut driver = Driver::new(stream);
+        let mut conn = connection(Role::Client);
+        let id = conn.request(&PingRequest {}, Instant::now()).unwrap();
+        let answered = loop {
+            driver.drive(&mut conn).await.unwrap();
+            if let Some(Event::Reply { request_id, .. }) = conn.poll_event() {
+                break request_id;
+            }
+        };
+        assert_eq!(answered, id);
+        driver.close(&mut conn).await.unwrap();
+        let server_conn = serving.await.unwrap();
+        assert!(server_conn.error().is_some(), "the server saw the call end");
+    }
+
+    #[tokio::test]
+    async fn server_closing_the_call_is_eof_for_the_client() {
+        let server = server().await;
+        let authority = server.local_addr().to_string();
+        let stream = GrpcStream::connect(&authority, &TransportConfig::default())
+            .await
+            .unwrap();
+        let mut client = Driver::new(stream);
+        let mut client_conn = connection(Role::Client);
+        // The call starts with our first envelope.
+        client_conn
+            .request(&PingRequest {}, Instant::now())
+            .unwrap();
+        let drive_client = async {
+            loop {
+                match client.drive(&mut client_conn).await {
+                    Ok(DriveStatus::Progress) => {}
+                    other => return other,
+                }
+            }
+        };
+        let close_server = async {
+            let (stream, _) = server.accept().await.unwrap();
+            let mut driver = Driver::new(stream);
+            let mut conn = connection(Role::Server);
+            driver.drive(&mut conn).await.unwrap();
+            driver.close(&mut conn).await.unwrap();
+            driver
+        };
+        let (ended, _server_driver) = tokio::join!(drive_client, close_server);
+        assert!(matches!(ended, Ok(DriveStatus::Closed)), "{ended:?}");
+    }
+
+    #[tokio::test]
+    async fn oversized_message_is_reported_as_the_call_status() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut small = TransportConfig::default();
+        small.set_max_frame_length(1024);
+        let server = GrpcServer::start(listener, &small).unwrap();
+        let authority = server.local_addr().to_string();
+        let serving = tokio::spawn(async move {
+            let (stream, _) = server.accept().await.unwrap();
+            let mut driver = Driver::new(stream);
+            let mut conn = connection(Role::Server);
+            loop {
+                match driver.drive(&mut conn).await {
+                    Ok(DriveStatus::Progress) => {}
+                    other => return other,
+                }
+            }
+        });
+        let stream = GrpcStream::connect(&authority, &TransportConfig::default())
+            .await
+            .unwrap();
+        let mut driver = Driver::new(stream);
+        let mut conn = connection(Role::Client);
+        let big = Envelope {
+            command: "ping".into(),
+            data: Some(crate::proto::google::protobuf::Any {
+                type_url: String::new(),
+                value: bytes::Bytes::from(vec![0u8; 4096]),
+            }),
+            ..Envelope::default()
+        };
+        conn.send(big, Instant::now()).unwrap();
+        let seen = loop {
+            match driver.drive(&mut conn).await {
+                Ok(DriveStatus::Progress) => {}
+                other => break other,
+            }
+        };
+        match seen {
+            Err(TransportError::Grpc(status)) => {
+                assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+                assert!(status.message().contains("1024"), "{status:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            serving.await.unwrap(),
+            Err(TransportError::Grpc(_))
+        ));
+    }
+
+    #[test]
+    fn error_text_includes_the_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("transport error")]
+        struct Outer(#[source] io::Error);
+        let chained = Outer(io::Error::other("refused"));
+        assert_eq!(with_sources(&chained), "transport error: refused");
+    }
+}
