@@ -163,7 +163,8 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to `url` (`socket://`, `pipe://`, `ws://`) with defaults.
+    /// Connects to `url` (`socket://`, `pipe://`, `ws://`, `grpc://`) with
+    /// defaults. `http://` (REST) is refused: it is not a connection.
     ///
     /// # Errors
     ///

@@ -29,6 +29,13 @@
 //! as it arrives and published only after `endstream` with a matching
 //! checksum; a failed or abandoned upload leaves nothing behind.
 //!
+//! With the `transport-rest` feature a WebSocket listener also serves REST
+//! (experimental) at `/api/v2` ([`Server::rest_endpoints`]): every POST
+//! runs in a fresh session, so nothing is signed in unless the envelope or
+//! its `Authorization: Bearer` header carries a token, and transfers are
+//! refused. A gRPC listener hands each `SetupStream` call to its own
+//! session, like any other connection.
+//!
 //! Users: the list in [`ServerConfig::users`] or, when it is empty, one
 //! development user, `dev`, whose password is given or generated at bind
 //! time ([`Server::dev_password`]).
