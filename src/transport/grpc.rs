@@ -25,6 +25,7 @@
 //! needs its router); on shutdown every connection gets a GOAWAY, calls in
 //! flight finish, and after [`DRAIN_TIMEOUT`] the rest are dropped.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -113,10 +114,12 @@ impl GrpcStream {
     /// plaintext HTTP/2, message limits raised to the config's max frame
     /// length.
     ///
-    /// The call's response is awaited lazily, inside
-    /// [`poll_recv`](Transport::poll_recv): a server may hold its response
-    /// headers until it has something to send, and the first envelope is
-    /// ours.
+    /// The call runs in its own task from the start, so envelopes flow
+    /// even before anyone reads (a [`Driver::flush`](super::Driver::flush)
+    /// of more than [`OUTGOING_QUEUE`] envelopes), and its response is
+    /// awaited lazily inside [`poll_recv`](Transport::poll_recv): a server
+    /// may hold its response headers until it has something to send, and
+    /// the first envelope is ours. Dropping the stream aborts the task.
     ///
     /// # Errors
     ///
@@ -141,15 +144,36 @@ impl GrpcStream {
         let (tx, rx) = mpsc::channel(OUTGOING_QUEUE);
         // Only envelopes are ever queued on this side.
         let body = ReceiverStream::new(rx).filter_map(|item: Outgoing| async move { item.ok() });
-        let call = async move { client.setup_stream(body).await };
+        let call = AbortOnDrop(tokio::spawn(async move { client.setup_stream(body).await }));
         let incoming = stream::once(call)
             .map(|response| match response {
-                Ok(response) => response.into_inner().boxed(),
-                Err(status) => stream::once(async move { Err(status) }).boxed(),
+                Ok(Ok(response)) => response.into_inner().boxed(),
+                Ok(Err(status)) => stream::once(async move { Err(status) }).boxed(),
+                Err(join) => {
+                    let status = Status::internal(format!("the gRPC call task failed: {join}"));
+                    stream::once(async move { Err(status) }).boxed()
+                }
             })
             .flatten()
             .boxed();
         Ok(Self::new(incoming, tx, false))
+    }
+}
+
+/// A spawned task that is aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -508,6 +532,75 @@ mod tests {
             serving.await.unwrap(),
             Err(TransportError::Grpc(_))
         ));
+    }
+
+    /// Sends one request per size (the collection name carries the bytes;
+    /// a query opens no stream, so no per-connection cap applies) and
+    /// returns the ids the server saw, in order.
+    async fn deliver(sizes: &[usize]) -> (Vec<String>, Vec<String>) {
+        let server = server().await;
+        let authority = server.local_addr().to_string();
+        let expected = sizes.len();
+        let serving = tokio::spawn(async move {
+            let (stream, _) = server.accept().await.unwrap();
+            let mut driver = Driver::new(stream);
+            let mut conn = connection(Role::Server);
+            let mut seen = Vec::new();
+            while seen.len() < expected {
+                if !matches!(driver.drive(&mut conn).await, Ok(DriveStatus::Progress)) {
+                    break;
+                }
+                while let Some(event) = conn.poll_event() {
+                    if let Event::Request { envelope, .. } = event {
+                        seen.push(envelope.id);
+                    }
+                }
+            }
+            seen
+        });
+        let stream = GrpcStream::connect(&authority, &TransportConfig::default())
+            .await
+            .unwrap();
+        let mut driver = Driver::new(stream);
+        let mut conn = connection(Role::Client);
+        let mut sent = Vec::new();
+        for size in sizes {
+            let request = crate::proto::QueryRequest {
+                collectionname: "x".repeat(*size),
+                ..Default::default()
+            };
+            sent.push(conn.request(&request, Instant::now()).unwrap());
+        }
+        driver.flush(&mut conn).await.unwrap();
+        let seen = serving.await.unwrap();
+        driver.close(&mut conn).await.unwrap();
+        (sent, seen)
+    }
+
+    #[tokio::test]
+    async fn flush_of_more_than_the_queue_before_any_read_completes() {
+        // The call runs in its own task, so nothing waits for poll_recv
+        // (a hang here, caught by the guard, is the regression).
+        let sizes = [16; 3 * OUTGOING_QUEUE];
+        let delivered = tokio::time::timeout(Duration::from_secs(60), deliver(&sizes)).await;
+        let (sent, seen) = delivered.expect("the flush completed");
+        assert_eq!(sent, seen);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+
+        #[test]
+        fn envelopes_of_any_size_arrive_once_and_in_order(
+            sizes in proptest::collection::vec(0usize..300_000, 1..12),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let (sent, seen) = runtime.block_on(deliver(&sizes));
+            proptest::prop_assert_eq!(sent, seen);
+        }
     }
 
     #[test]
