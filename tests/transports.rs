@@ -1,6 +1,7 @@
-//! Our client against our server over every transport, on loopback with
-//! ephemeral ports: signin, pings, checksummed upload and download, errors,
-//! and a client that dies in the middle of an upload.
+//! Our client against our server over every transport (socket, pipe, ws,
+//! grpc), on loopback with ephemeral ports: signin, pings, checksummed
+//! upload and download, errors, and a client that dies in the middle of an
+//! upload; gRPC limits; and REST POSTs (hand-written HTTP/1.1) beside ws.
 
 #![cfg(all(
     feature = "server",
