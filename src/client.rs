@@ -140,6 +140,39 @@ pub struct Downloaded {
     pub path: PathBuf,
 }
 
+/// Which way a transfer goes, in a [`Progress`] report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Direction {
+    /// Our file to the server.
+    Upload,
+    /// The server's file to us.
+    Download,
+}
+
+/// How far a transfer has come, reported to the callback set with
+/// [`Client::set_progress`] after every chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Which way the transfer goes.
+    pub direction: Direction,
+    /// Payload bytes moved so far.
+    pub done: u64,
+    /// All payload bytes, when known: the file size of an upload; for a
+    /// download, the size announced in `beginstream` (`Stat.size`), if any.
+    pub total: Option<u64>,
+}
+
+/// The progress callback, boxed so that [`Client`] stays `Send` and `Debug`.
+struct ProgressFn(Box<dyn FnMut(Progress) + Send>);
+
+impl std::fmt::Debug for ProgressFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressFn")
+    }
+}
+
 /// Removes a temporary file unless it was kept.
 struct TempFile(Option<PathBuf>);
 
@@ -160,6 +193,7 @@ pub struct Client {
     config: ClientConfig,
     jwt: Option<String>,
     closed: bool,
+    progress: Option<ProgressFn>,
 }
 
 impl Client {
@@ -192,7 +226,24 @@ impl Client {
             config,
             jwt: None,
             closed: false,
+            progress: None,
         })
+    }
+
+    /// Calls `report` after every chunk of an upload or download (a
+    /// progress bar, a log line).
+    pub fn set_progress(&mut self, report: impl FnMut(Progress) + Send + 'static) {
+        self.progress = Some(ProgressFn(Box::new(report)));
+    }
+
+    fn report(&mut self, direction: Direction, done: u64, total: Option<u64>) {
+        if let Some(ProgressFn(report)) = &mut self.progress {
+            report(Progress {
+                direction,
+                done,
+                total,
+            });
+        }
     }
 
     /// The endpoint this client connected to.
@@ -304,6 +355,7 @@ impl Client {
         let mut file = tokio::fs::File::open(path)
             .await
             .map_err(file_error(path))?;
+        let total = file.metadata().await.map(|m| m.len()).ok();
         let now = Instant::now();
         let request = UploadRequest {
             filename,
@@ -332,6 +384,9 @@ impl Client {
                 };
                 self.conn.send(envelope.map_err(crate::Error::from)?, now)?;
                 queued += 1;
+                if sending {
+                    self.report(Direction::Upload, sender.bytes_sent(), total);
+                }
             }
             while let Some(event) = self.conn.poll_event() {
                 match reply_for(&id, event) {
@@ -380,13 +435,22 @@ impl Client {
         };
         let request_id = self.conn.request(&request, Instant::now())?;
         let mut summary = None;
+        let (mut done, mut total) = (0u64, None);
         let reply = loop {
             let event = self.next_event().await?;
             match event {
+                Event::StreamStarted { rid, started } if rid == request_id => {
+                    total = started
+                        .stat
+                        .and_then(|stat| u64::try_from(stat.size).ok())
+                        .filter(|&size| size > 0);
+                }
                 Event::StreamChunk { rid, data } if rid == request_id => {
                     file.write_all(&data)
                         .await
                         .map_err(file_error(&temp_path))?;
+                    done = done.saturating_add(data.len() as u64);
+                    self.report(Direction::Download, done, total);
                 }
                 Event::StreamEnded { rid, summary: done } if rid == request_id => {
                     summary = Some(done);

@@ -819,3 +819,44 @@ async fn rest_url_is_listed_but_cannot_be_connected_to() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn transfers_report_progress_up_to_the_total() {
+    use openiap_wire::client::{Direction, Progress};
+    use std::sync::{Arc, Mutex};
+
+    let server = TestServer::start().await;
+    let endpoint = server.endpoints[0].clone();
+    let mut client = signed_in(&endpoint).await;
+    let reports: Arc<Mutex<Vec<Progress>>> = Arc::default();
+    let sink = Arc::clone(&reports);
+    client.set_progress(move |p| sink.lock().unwrap().push(p));
+
+    let data = content(1024 * 1024 + 5, 9);
+    let path = write_temp(&server, "progress.bin", &data);
+    let uploaded = client.upload(&path).await.unwrap();
+    let out = path.with_file_name("progress-down.bin");
+    client.download(&uploaded.id, &out).await.unwrap();
+    client.close().await.unwrap();
+
+    let reports = reports.lock().unwrap();
+    let len = data.len() as u64;
+    for direction in [Direction::Upload, Direction::Download] {
+        let seen: Vec<&Progress> = reports
+            .iter()
+            .filter(|p| p.direction == direction)
+            .collect();
+        // 1 MiB + 5 bytes in 256 KiB chunks: five reports, rising to the total.
+        assert_eq!(seen.len(), 5, "{direction:?}: {seen:?}");
+        assert!(
+            seen.windows(2).all(|w| w[0].done < w[1].done),
+            "{direction:?}"
+        );
+        assert_eq!(seen.last().map(|p| p.done), Some(len), "{direction:?}");
+        assert!(
+            seen.iter().all(|p| p.total == Some(len)),
+            "{direction:?}: {seen:?}"
+        );
+    }
+    server.stop().await;
+}

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use openiap_wire::client::Client;
+use openiap_wire::client::{Client, Direction, Progress};
 use openiap_wire::server::{DEV_USERNAME, Server, ServerConfig};
 use openiap_wire::transport::Endpoint;
 use serde_json::json;
@@ -95,6 +95,47 @@ async fn signed_in(args: &Args) -> Result<Client, Failure> {
     Ok(client)
 }
 
+/// Shows a one-line progress bar on stderr during transfers, when stderr is
+/// a terminal and the output is not `--json`. Returns whether it did, so
+/// the caller ends the line afterwards.
+fn show_progress(client: &mut Client, args: &Args) -> bool {
+    use std::io::{IsTerminal, Write};
+    if args.json || !std::io::stderr().is_terminal() {
+        return false;
+    }
+    let mut last: Option<Instant> = None;
+    client.set_progress(move |p: Progress| {
+        let finished = p.total == Some(p.done);
+        if !finished && last.is_some_and(|at| at.elapsed() < Duration::from_millis(100)) {
+            return;
+        }
+        last = Some(Instant::now());
+        let verb = match p.direction {
+            Direction::Upload => "upload",
+            _ => "download",
+        };
+        let mib = |bytes: u64| bytes as f64 / f64::from(1u32 << 20);
+        let line = match p.total {
+            Some(total) if total > 0 => {
+                let width = 30;
+                let filled = usize::try_from(p.done.min(total) * width / total).unwrap_or(0);
+                format!(
+                    "{verb} [{}{}] {:.1}/{:.1} MiB",
+                    "#".repeat(filled),
+                    " ".repeat(30 - filled.min(30)),
+                    mib(p.done),
+                    mib(total)
+                )
+            }
+            _ => format!("{verb} {:.1} MiB", mib(p.done)),
+        };
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r{line}");
+        let _ = err.flush();
+    });
+    true
+}
+
 async fn run(args: &Args) -> Result<serde_json::Value, Failure> {
     match &args.command {
         Command::Ping { count } => {
@@ -114,8 +155,13 @@ async fn run(args: &Args) -> Result<serde_json::Value, Failure> {
         }
         Command::Upload { file } => {
             let mut client = signed_in(args).await?;
+            let bar = show_progress(&mut client, args);
             let started = Instant::now();
-            let reply = client.upload(file).await?;
+            let reply = client.upload(file).await;
+            if bar {
+                eprintln!();
+            }
+            let reply = reply?;
             let elapsed = started.elapsed();
             client.close().await?;
             let bytes = std::fs::metadata(file)?.len();
@@ -130,7 +176,12 @@ async fn run(args: &Args) -> Result<serde_json::Value, Failure> {
             let target = out
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("{id}.download")));
-            let done = client.download(id, &target).await?;
+            let bar = show_progress(&mut client, args);
+            let done = client.download(id, &target).await;
+            if bar {
+                eprintln!();
+            }
+            let done = done?;
             let elapsed = started.elapsed();
             client.close().await?;
             let mut path = done.path.clone();
