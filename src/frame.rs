@@ -506,6 +506,25 @@ impl FrameDecoder {
     }
 }
 
+/// The length prefix and the whole frame length for a body of `body_len`
+/// bytes, or [`FrameError::EncodeTooLarge`] above `max_frame_length` (and
+/// above `u32::MAX`, the most a prefix can say).
+fn frame_prefix(body_len: usize, max_frame_length: usize) -> Result<(u32, usize), FrameError> {
+    let prefix_max = usize::try_from(u32::MAX).unwrap_or(usize::MAX);
+    let max = max_frame_length.min(prefix_max);
+    let too_large = FrameError::EncodeTooLarge { len: body_len, max };
+    if body_len > max {
+        return Err(too_large);
+    }
+    match (
+        u32::try_from(body_len),
+        LENGTH_PREFIX_LEN.checked_add(body_len),
+    ) {
+        (Ok(prefix), Some(frame_len)) => Ok((prefix, frame_len)),
+        _ => Err(too_large),
+    }
+}
+
 /// Writes `envelope` as one frame (prefix and body) at the end of `dst`.
 ///
 /// `dst` grows once, by exactly the frame size, so the frame is contiguous
@@ -528,18 +547,7 @@ pub fn encode_frame(
     } else {
         encoded_len
     };
-    let prefix_max = usize::try_from(u32::MAX).unwrap_or(usize::MAX);
-    let max = max_frame_length.min(prefix_max);
-    let too_large = FrameError::EncodeTooLarge { len: body_len, max };
-    if body_len > max {
-        return Err(too_large);
-    }
-    let (Ok(prefix), Some(frame_len)) = (
-        u32::try_from(body_len),
-        LENGTH_PREFIX_LEN.checked_add(body_len),
-    ) else {
-        return Err(too_large);
-    };
+    let (prefix, frame_len) = frame_prefix(body_len, max_frame_length)?;
     let start = dst.len();
     dst.reserve(frame_len);
     dst.put_u32_le(prefix);
@@ -549,7 +557,10 @@ pub fn encode_frame(
         // Unreachable: `BytesMut` never runs out of room. Keep the promise
         // that `dst` is unchanged on error anyway.
         dst.truncate(start);
-        return Err(too_large);
+        return Err(FrameError::EncodeTooLarge {
+            len: body_len,
+            max: max_frame_length,
+        });
     }
     Ok(())
 }
@@ -677,18 +688,7 @@ pub fn encode_packed_frame<M: Message + Name>(
         .saturating_add(key_len(6) + encoded_len_varint(any_len as u64))
         .saturating_add(any_len)
         .saturating_add(header_len(header, false));
-    let prefix_max = usize::try_from(u32::MAX).unwrap_or(usize::MAX);
-    let max = max_frame_length.min(prefix_max);
-    let too_large = FrameError::EncodeTooLarge { len: body_len, max };
-    if body_len > max {
-        return Err(too_large);
-    }
-    let (Ok(prefix), Some(frame_len)) = (
-        u32::try_from(body_len),
-        LENGTH_PREFIX_LEN.checked_add(body_len),
-    ) else {
-        return Err(too_large);
-    };
+    let (prefix, frame_len) = frame_prefix(body_len, max_frame_length)?;
     let start = dst.len();
     dst.reserve(frame_len);
     dst.put_u32_le(prefix);
@@ -707,7 +707,10 @@ pub fn encode_packed_frame<M: Message + Name>(
         if message.encode(dst).is_err() {
             // Unreachable: `BytesMut` never runs out of room.
             dst.truncate(start);
-            return Err(too_large);
+            return Err(FrameError::EncodeTooLarge {
+                len: body_len,
+                max: max_frame_length,
+            });
         }
     }
     encode_header(header, false, dst);

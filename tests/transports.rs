@@ -839,7 +839,7 @@ async fn transfers_report_progress_up_to_the_total() {
     client.download(&uploaded.id, &out).await.unwrap();
     client.close().await.unwrap();
 
-    let reports = reports.lock().unwrap();
+    let reports = reports.lock().unwrap().clone();
     let len = data.len() as u64;
     for direction in [Direction::Upload, Direction::Download] {
         let seen: Vec<&Progress> = reports
