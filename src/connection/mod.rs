@@ -185,6 +185,19 @@ impl Connection {
         self.drain_frames(now)
     }
 
+    /// Like [`handle_bytes`](Self::handle_bytes), for bytes that arrive in a
+    /// [`Bytes`] (a WebSocket message): when nothing is buffered, the message
+    /// becomes the receive buffer and its frames share it, with no copy.
+    ///
+    /// # Errors
+    ///
+    /// As [`handle_bytes`](Self::handle_bytes).
+    pub fn handle_message(&mut self, data: Bytes, now: Instant) -> Result<(), Error> {
+        self.check()?;
+        self.decoder.push_bytes(data);
+        self.drain_frames(now)
+    }
+
     /// Spare room of the receive buffer, for reading from a socket without
     /// an extra copy; call [`handle_read`](Self::handle_read) after filling it.
     pub fn read_buf(&mut self) -> &mut BytesMut {

@@ -503,3 +503,30 @@ fn reply_to_a_timed_out_request_is_not_a_reply() {
     };
     assert_eq!(envelope.command, "queryreply");
 }
+
+#[test]
+fn a_message_is_decoded_like_the_same_bytes_and_shared_not_copied() {
+    let now = Instant::now();
+    let (mut client, mut server) = pair(now);
+    let content = Bytes::from(vec![7u8; 100_000]);
+    client
+        .upload(&UploadRequest::default(), content.clone(), true, now)
+        .unwrap();
+    let mut wire = BytesMut::new();
+    while client.poll_transmit(&mut wire) > 0 {}
+    let message = wire.freeze();
+    let range = message.as_ptr_range();
+    server.handle_message(message, now).unwrap();
+    let chunks: Vec<Bytes> = events(&mut server)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::StreamChunk { data, .. } => Some(data),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(chunks.concat(), content.to_vec());
+    assert!(
+        chunks.iter().all(|c| range.contains(&c.as_ptr())),
+        "chunks must point into the message"
+    );
+}

@@ -2,7 +2,7 @@
 //! byte stream.
 //!
 //! ```text
-//!   recv: Binary(m1) Binary(m2) ... ──handle_bytes(m)──► FrameDecoder (frames may span messages)
+//!   recv: Binary(m1) Binary(m2) ... ──handle_message(m)──► FrameDecoder (frames may span messages)
 //!   send: poll_transmit batch ──cut at max_message_size──► Binary, Binary, ...
 //! ```
 //!
@@ -67,7 +67,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for WsStream<S> {
             };
             match message {
                 Message::Binary(data) => {
-                    conn.handle_bytes(&data, now)?;
+                    conn.handle_message(data, now)?;
                     return Poll::Ready(Ok(Recv::Data));
                 }
                 Message::Text(text) => {
