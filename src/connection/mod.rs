@@ -354,6 +354,15 @@ impl Connection {
         !self.transmit.is_empty()
     }
 
+    /// How many envelopes are queued and not yet handed to the transport.
+    /// Every received request can queue an answer, so a transport should
+    /// stop reading while this is high (see
+    /// [`Driver`](crate::transport::Driver)); otherwise a peer that sends
+    /// without reading makes the queue grow without bound.
+    pub fn queued_transmit(&self) -> usize {
+        self.transmit.len()
+    }
+
     // ----- sending -----------------------------------------------------
 
     /// Queues `envelope`: stamps its seq, gives it an id when it has none,

@@ -12,6 +12,11 @@ use tokio::time::Sleep;
 use super::{FLUSH_TIMEOUT, Recv, Transport, TransportError};
 use crate::connection::Connection;
 
+/// While the connection holds this many unsent envelopes, [`Driver::drive`]
+/// stops reading: a peer that sends without reading cannot make our queue of
+/// answers grow without bound. Far above what a transfer queues at once.
+pub const RECV_PAUSE_QUEUE: usize = 1024;
+
 /// What [`Driver::drive`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -79,8 +84,16 @@ impl<T: Transport> Driver<T> {
             if let Poll::Ready(Err(e)) = self.io.poll_send(cx, conn) {
                 return Poll::Ready(Err(e));
             }
+            // Backpressure: while our answers pile up unsent (a peer that
+            // sends without reading), stop reading; the next wake-up from
+            // the socket becoming writable resumes it.
             let now = Instant::now();
-            match self.io.poll_recv(cx, conn, now) {
+            let recv = if conn.queued_transmit() < RECV_PAUSE_QUEUE {
+                self.io.poll_recv(cx, conn, now)
+            } else {
+                Poll::Pending
+            };
+            match recv {
                 Poll::Ready(Ok(Recv::Data)) => return Poll::Ready(Ok(Status::Progress)),
                 Poll::Ready(Ok(Recv::Eof)) => {
                     return Poll::Ready(match conn.handle_eof() {
@@ -219,5 +232,81 @@ mod tests {
             }
         }
         assert!(saw_error);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_reads_cannot_grow_our_queue_without_bound() {
+        use crate::frame::encode_frame;
+        use bytes::BytesMut;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        const PINGS: i32 = 5_000;
+        let (raw, server_side) = tokio::io::duplex(4096);
+        let mut server_io = Driver::new(ByteStream::new(server_side));
+        let mut config = ConnectionConfig::default();
+        config.set_keepalive_interval(None);
+        let mut server = Connection::new(Role::Server, config, Instant::now());
+        let mut wire = BytesMut::new();
+        for seq in 0..PINGS {
+            let ping = crate::proto::Envelope {
+                command: "ping".into(),
+                seq,
+                id: format!("p{seq}"),
+                ..Default::default()
+            };
+            encode_frame(&ping, usize::MAX, &mut wire).unwrap();
+        }
+        let (mut raw_read, mut raw_write) = tokio::io::split(raw);
+        // The peer writes every ping and reads nothing yet.
+        let writer = tokio::spawn(async move {
+            raw_write.write_all(&wire).await.unwrap();
+            raw_write
+        });
+        // Drive the server until it stalls: its pongs cannot be written.
+        let mut most_queued = 0;
+        while let Ok(Ok(Status::Progress)) = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            server_io.drive(&mut server),
+        )
+        .await
+        {
+            while server.poll_event().is_some() {}
+            most_queued = most_queued.max(server.queued_transmit());
+        }
+        // One read (at most one read step of pings) may land past the limit.
+        assert!(
+            most_queued <= RECV_PAUSE_QUEUE + 1024,
+            "queued {most_queued} answers for a peer that reads nothing"
+        );
+        // Once the peer reads, every ping is answered.
+        let reader = tokio::spawn(async move {
+            let mut decoder = crate::frame::FrameDecoder::default();
+            let mut buf = [0u8; 64 * 1024];
+            let mut pongs = 0;
+            while pongs < PINGS {
+                let n = raw_read.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                decoder.push(&buf[..n]);
+                while let Ok(Some(_)) = decoder.decode() {
+                    pongs += 1;
+                }
+            }
+            pongs
+        });
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        while !reader.is_finished() && Instant::now() < deadline {
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_millis(50),
+                server_io.drive(&mut server),
+            )
+            .await;
+            while server.poll_event().is_some() {}
+        }
+        assert!(reader.is_finished(), "pongs still missing after 30 s");
+        let pongs = reader.await.unwrap();
+        assert!(writer.is_finished(), "every ping was read");
+        assert_eq!(pongs, PINGS);
     }
 }

@@ -62,7 +62,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 pub use self::connect::connect;
-pub use self::driver::{Driver, Status};
+pub use self::driver::{Driver, RECV_PAUSE_QUEUE, Status};
 #[cfg(feature = "transport-grpc")]
 pub use self::grpc::GrpcStream;
 pub use self::listen::{Accepted, Incoming, Listener};
