@@ -15,6 +15,7 @@
 //! | `Usage`, `IdInUse`, `TooLarge`, `TooManyPending` | local misuse, nothing sent | 500 / 413 / 429 |
 //! | `RequestTimedOut`        | the one request                  | 504  |
 //! | `PeerSilent`             | connection                       | 408  |
+//! | `FrameTimedOut`          | connection                       | 408  |
 //! | `Closed`                 | connection                       | 499  |
 //!
 //! [`From<&Error> for ErrorResponse`](ErrorResponse) builds the `error`
@@ -89,6 +90,18 @@ pub enum Error {
         /// The configured idle timeout.
         limit: Duration,
     },
+    /// A frame was still incomplete when the
+    /// [frame timeout](crate::connection::ConnectionConfig::frame_timeout),
+    /// counted from the arrival of its first byte, ran out
+    /// (connection-fatal): a peer dripping bytes too slowly, or stalled
+    /// mid-frame.
+    #[error("frame still incomplete {limit:?} after its first byte ({buffered} bytes received)")]
+    FrameTimedOut {
+        /// Bytes of the incomplete frame received, length prefix included.
+        buffered: usize,
+        /// The configured frame timeout.
+        limit: Duration,
+    },
     /// The connection was closed before the operation finished.
     #[error("connection closed")]
     Closed,
@@ -101,7 +114,11 @@ impl Error {
         match self {
             // Encoding too large is local: nothing was written.
             Self::Frame(FrameError::EncodeTooLarge { .. }) => false,
-            Self::Frame(_) | Self::Seq(_) | Self::PeerSilent { .. } | Self::Closed => true,
+            Self::Frame(_)
+            | Self::Seq(_)
+            | Self::PeerSilent { .. }
+            | Self::FrameTimedOut { .. }
+            | Self::Closed => true,
             Self::Stream(StreamError::TooManyOpen { .. }) => true,
             _ => false,
         }
@@ -127,7 +144,7 @@ impl Error {
             Self::Usage(_) | Self::IdInUse { .. } => 500,
             Self::TooLarge { .. } => 413,
             Self::RequestTimedOut { .. } => 504,
-            Self::PeerSilent { .. } => 408,
+            Self::PeerSilent { .. } | Self::FrameTimedOut { .. } => 408,
             Self::Closed => 499,
             _ => 400,
         }
@@ -178,6 +195,17 @@ mod tests {
         assert!(!error.is_connection_fatal());
         assert_eq!(error.code(), 404);
         assert!(error.to_string().contains("nosuchcommand"));
+    }
+
+    #[test]
+    fn frame_timed_out_is_fatal_and_maps_to_408() {
+        let error = Error::FrameTimedOut {
+            buffered: 5,
+            limit: Duration::from_secs(30),
+        };
+        assert!(error.is_connection_fatal());
+        assert_eq!(error.code(), 408);
+        assert!(error.to_string().contains("30s"), "{error}");
     }
 
     #[test]

@@ -46,6 +46,7 @@ pub struct ConnectionConfig {
     request_timeout: Option<Duration>,
     keepalive_interval: Option<Duration>,
     idle_timeout: Option<Duration>,
+    frame_timeout: Option<Duration>,
     answer_pings: bool,
 }
 
@@ -60,6 +61,7 @@ impl Default for ConnectionConfig {
             request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
             keepalive_interval: Some(DEFAULT_KEEPALIVE_INTERVAL),
             idle_timeout: None,
+            frame_timeout: None,
             answer_pings: true,
         }
     }
@@ -156,6 +158,32 @@ impl ConnectionConfig {
     /// Sets the idle timeout.
     pub fn set_idle_timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
         self.idle_timeout = timeout;
+        self
+    }
+
+    /// How long a frame may take to arrive whole, counted from the arrival
+    /// of its first byte; `None` (the default) waits forever.
+    ///
+    /// This bounds slow-drip ("slowloris") peers: a peer that sends the
+    /// start of a frame and then one byte now and then keeps the connection
+    /// and its receive buffer alive without ever completing a message, and
+    /// the [idle timeout](Self::idle_timeout) never fires because bytes keep
+    /// arriving. The deadline is set when the first byte of a partial frame
+    /// arrives and is **not** extended by later bytes of the same frame; it
+    /// is cleared when no partial frame remains. When it passes,
+    /// [`handle_timeout`](super::Connection::handle_timeout) ends the
+    /// connection with [`Error::FrameTimedOut`](crate::Error::FrameTimedOut).
+    ///
+    /// Servers should set it: the reference server uses 30 s. Pick a value
+    /// that the largest frame you accept can meet on the slowest link you
+    /// serve (64 MiB in 30 s needs about 2.2 MiB/s).
+    pub fn frame_timeout(&self) -> Option<Duration> {
+        self.frame_timeout
+    }
+
+    /// Sets the frame-completion timeout.
+    pub fn set_frame_timeout(&mut self, timeout: Option<Duration>) -> &mut Self {
+        self.frame_timeout = timeout;
         self
     }
 

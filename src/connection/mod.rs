@@ -31,7 +31,8 @@
 //! [`CommandKind::Request`]) is remembered until its reply, its `error`, its
 //! timeout or the end of the connection, and each of those reports it once.
 //!
-//! A connection-fatal error (bad framing, a seq violation, a silent peer)
+//! A connection-fatal error (bad framing, a seq violation, a silent peer, a
+//! frame not completed within the [frame timeout](ConnectionConfig::frame_timeout))
 //! queues one `error` envelope telling the peer why, fails every pending
 //! request and open transfer, and from then on every call returns that same
 //! error; [`poll_transmit`](Connection::poll_transmit) still hands out what
@@ -121,6 +122,9 @@ pub struct Connection {
     transmit: VecDeque<Envelope>,
     last_recv: Instant,
     last_send: Instant,
+    /// When the first byte of the partial frame in the decoder arrived;
+    /// `None` when no partial frame is buffered.
+    partial_since: Option<Instant>,
     error: Option<Error>,
 }
 
@@ -141,6 +145,7 @@ impl Connection {
             transmit: VecDeque::new(),
             last_recv: now,
             last_send: now,
+            partial_since: None,
             error: None,
         }
     }
@@ -250,7 +255,7 @@ impl Connection {
 
     /// The earliest instant at which [`handle_timeout`](Self::handle_timeout)
     /// has work: a gap timeout, a request deadline, a keepalive ping, the
-    /// idle limit.
+    /// idle limit, the frame timeout of a partial frame.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.error.is_some() {
             return None;
@@ -264,22 +269,34 @@ impl Connection {
             .idle_timeout()
             .and_then(|i| self.last_recv.checked_add(i));
         let deadline = self.deadlines.keys().next().map(|(at, _)| *at);
-        [self.reorder.poll_timeout(), deadline, keepalive, idle]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.reorder.poll_timeout(),
+            deadline,
+            keepalive,
+            idle,
+            self.frame_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Runs every timer due at `now`.
     ///
     /// # Errors
     ///
-    /// [`Error::PeerSilent`] or a gap timeout (both connection-fatal), or the
-    /// error that ended the connection earlier.
+    /// [`Error::PeerSilent`], [`Error::FrameTimedOut`] or a gap timeout (all
+    /// connection-fatal), or the error that ended the connection earlier.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), Error> {
         self.check()?;
         if let Err(e) = self.reorder.handle_timeout(now) {
             return Err(self.fail(e.into()));
+        }
+        if let (Some(at), Some(limit)) = (self.frame_deadline(), self.config.frame_timeout())
+            && now >= at
+        {
+            let buffered = self.decoder.buffered();
+            return Err(self.fail(Error::FrameTimedOut { buffered, limit }));
         }
         if let Some(limit) = self.config.idle_timeout() {
             let silence = now.saturating_duration_since(self.last_recv);
@@ -519,14 +536,38 @@ impl Connection {
         }
     }
 
+    /// When the partial frame in the decoder runs out of time, if one is
+    /// buffered and a frame timeout is set.
+    fn frame_deadline(&self) -> Option<Instant> {
+        let limit = self.config.frame_timeout()?;
+        self.partial_since?.checked_add(limit)
+    }
+
+    /// After input was handled: a partial frame left behind started at
+    /// `now` unless it is the same one as before (no frame completed).
+    fn track_partial_frame(&mut self, completed: bool, now: Instant) {
+        self.partial_since = if self.decoder.buffered() == 0 {
+            None
+        } else if completed {
+            Some(now)
+        } else {
+            self.partial_since.or(Some(now))
+        };
+    }
+
     fn drain_frames(&mut self, now: Instant) -> Result<(), Error> {
         self.last_recv = now;
+        let mut completed = false;
         loop {
             let frame = match self.decoder.decode() {
                 Ok(Some(frame)) => frame,
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    self.track_partial_frame(completed, now);
+                    return Ok(());
+                }
                 Err(e) => return Err(self.fail(e.into())),
             };
+            completed = true;
             let size = frame.len().saturating_add(LENGTH_PREFIX_LEN);
             // An undecodable envelope has no readable seq, so everything
             // after it would wait on a gap: the connection cannot go on.

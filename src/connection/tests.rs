@@ -530,3 +530,97 @@ fn a_message_is_decoded_like_the_same_bytes_and_shared_not_copied() {
         "chunks must point into the message"
     );
 }
+
+/// A connection with only the frame timer (30 s): no keepalive, no request
+/// deadlines.
+fn frame_timed(now: Instant) -> Connection {
+    let mut config = ConnectionConfig::default();
+    config
+        .set_keepalive_interval(None)
+        .set_request_timeout(None)
+        .set_frame_timeout(Some(Duration::from_secs(30)));
+    Connection::new(Role::Server, config, now)
+}
+
+#[test]
+fn frame_timeout_is_off_by_default() {
+    let now = Instant::now();
+    assert_eq!(ConnectionConfig::default().frame_timeout(), None);
+    let (_, mut server) = pair(now);
+    server.handle_bytes(&[9, 0, 0, 0, 1], now).unwrap();
+    assert_eq!(server.poll_timeout(), None);
+    server
+        .handle_timeout(now + Duration::from_secs(3600))
+        .unwrap();
+}
+
+#[test]
+fn slow_drip_frame_times_out_from_its_first_byte() {
+    let t0 = Instant::now();
+    let mut server = frame_timed(t0);
+    let wire = raw_frame(&envelope("ping", 0, &"abcdefghi".repeat(5)));
+    assert!(wire.len() > 31, "the frame outlasts the drip");
+    // One byte per second: every byte is traffic, none extends the deadline.
+    for (second, byte) in wire.iter().take(30).enumerate() {
+        let at = t0 + Duration::from_secs(second as u64);
+        server.handle_bytes(std::slice::from_ref(byte), at).unwrap();
+        assert_eq!(server.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+        server.handle_timeout(at).unwrap();
+    }
+    let expected = Error::FrameTimedOut {
+        buffered: 30,
+        limit: Duration::from_secs(30),
+    };
+    assert_eq!(
+        server.handle_timeout(t0 + Duration::from_secs(30)),
+        Err(expected.clone())
+    );
+    assert!(expected.is_connection_fatal());
+    // Fatal and sticky, and the peer is told why.
+    assert_eq!(server.handle_bytes(&wire[30..], t0), Err(expected.clone()));
+    assert_eq!(server.poll_timeout(), None);
+    let notice = server.poll_envelope().expect("an error notice");
+    assert_eq!(notice.command, "error");
+    let body: ErrorResponse = notice.unpack(Validation::Strict).unwrap();
+    assert_eq!(body.code, 408);
+    assert!(body.message.contains("incomplete"), "{}", body.message);
+}
+
+#[test]
+fn completed_frame_disarms_the_frame_timeout() {
+    let t0 = Instant::now();
+    let mut server = frame_timed(t0);
+    let wire = raw_frame(&envelope("ping", 0, "abcdefghi"));
+    server.handle_bytes(&wire[..10], t0).unwrap();
+    assert_eq!(server.poll_timeout(), Some(t0 + Duration::from_secs(30)));
+    server
+        .handle_bytes(&wire[10..], t0 + Duration::from_secs(29))
+        .unwrap();
+    assert_eq!(server.poll_timeout(), None);
+    server
+        .handle_timeout(t0 + Duration::from_secs(600))
+        .unwrap();
+    assert!(matches!(&events(&mut server)[..], [Event::Ping { .. }]));
+}
+
+#[test]
+fn frame_timeout_restarts_for_the_next_partial_frame() {
+    let t0 = Instant::now();
+    let mut server = frame_timed(t0);
+    let mut wire = raw_frame(&envelope("ping", 0, "a"));
+    let first = wire.len();
+    wire.extend_from_slice(&raw_frame(&envelope("ping", 1, "b")));
+    server.handle_bytes(&wire[..first - 1], t0).unwrap();
+    let t20 = t0 + Duration::from_secs(20);
+    // The rest of the first frame and the start of the second.
+    server
+        .handle_bytes(&wire[first - 1..first + 3], t20)
+        .unwrap();
+    assert_eq!(server.poll_timeout(), Some(t20 + Duration::from_secs(30)));
+    server.handle_timeout(t0 + Duration::from_secs(30)).unwrap();
+    // A read through read_buf counts the same way.
+    server.read_buf().extend_from_slice(&wire[first + 3..]);
+    server.handle_read(t20).unwrap();
+    assert_eq!(server.poll_timeout(), None);
+    assert_eq!(events(&mut server).len(), 2);
+}
