@@ -15,13 +15,21 @@
 //! | each chunk        | [`PendingUpload::write`] appends                    |
 //! | `endstream`, checksum ok | [`PendingUpload::commit`]: sync, meta written, directory renamed to `files/<id>` |
 //! | failure, disconnect | [`PendingUpload::discard`] (or drop) removes `tmp/<random>/` |
+//! | crash (SIGKILL, power loss), then restart | [`FileStore::open`]: `tmp/` emptied, incomplete `files/<id>/` removed |
 //!
 //! A file id is 24 lower-case hex digits (12 random bytes, the shape of a
 //! MongoDB ObjectId that OpenFlow uses). Stored names are fixed
 //! (`content`, `meta.json`), so the uploaded filename is metadata only and
 //! cannot reach the file system; it is still cut to its base name and
 //! checked, because clients use it as a local name when they download.
-//! Leftovers in `tmp/` from a crashed run are removed at start.
+//!
+//! A file becomes visible only by the rename into `files/`, after its
+//! content and metadata were synced, and the rename itself is synced (the
+//! `files/` directory), so a killed server never shows a partial file: what
+//! it left in `tmp/` is removed at the next start, and a `files/<id>/`
+//! whose metadata is missing or unreadable or whose content length differs
+//! from it (possible only after a power loss or outside interference) is
+//! removed too ([`FileStore::open`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -124,6 +132,20 @@ fn random_hex(bytes: usize) -> io::Result<String> {
         .collect())
 }
 
+/// Reads `meta.json` of file `id`; `None` when it is not the JSON object
+/// [`PendingUpload::commit`] writes.
+fn parse_meta(id: &str, text: &[u8]) -> Option<FileMeta> {
+    let value: serde_json::Value = serde_json::from_slice(text).ok()?;
+    let text_field = |key: &str| value.get(key)?.as_str().map(str::to_owned);
+    Some(FileMeta {
+        id: id.to_owned(),
+        filename: text_field("filename")?,
+        mimetype: text_field("mimetype")?,
+        sha256: text_field("sha256")?,
+        bytes: value.get("bytes")?.as_u64()?,
+    })
+}
+
 /// What is known about a stored file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileMeta {
@@ -147,11 +169,14 @@ pub struct FileStore {
 }
 
 impl FileStore {
-    /// Opens (creating) `root/files` and `root/tmp`, and empties `tmp`.
+    /// Opens (creating) `root/files` and `root/tmp`, and recovers from a
+    /// crash: empties `tmp` (uploads that never finished) and removes every
+    /// `files/<id>/` that is not complete (see the [module docs](self)).
+    /// Entries of `files/` not named like an id are left alone.
     ///
     /// # Errors
     ///
-    /// The directories cannot be created or cleaned.
+    /// The directories cannot be created, read or cleaned.
     pub fn open(root: &Path) -> Result<Self, StoreError> {
         let files = root.join("files");
         let tmp = root.join("tmp");
@@ -160,7 +185,40 @@ impl FileStore {
             std::fs::remove_dir_all(&tmp).map_err(io_at(&tmp))?;
         }
         std::fs::create_dir_all(&tmp).map_err(io_at(&tmp))?;
-        Ok(Self { files, tmp })
+        let store = Self { files, tmp };
+        store.remove_incomplete()?;
+        Ok(store)
+    }
+
+    /// Removes the `files/<id>/` directories whose metadata is missing or
+    /// unreadable or whose content length differs from the metadata;
+    /// returns how many.
+    fn remove_incomplete(&self) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.files).map_err(io_at(&self.files))? {
+            let entry = entry.map_err(io_at(&self.files))?;
+            let Some(id) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let dir = entry.path();
+            if !is_file_id(&id) || !dir.is_dir() {
+                continue;
+            }
+            let meta = std::fs::read(dir.join("meta.json"))
+                .ok()
+                .and_then(|text| parse_meta(&id, &text));
+            let content_len = std::fs::metadata(dir.join("content"))
+                .ok()
+                .filter(std::fs::Metadata::is_file)
+                .map(|m| m.len());
+            let complete =
+                matches!((meta, content_len), (Some(meta), Some(len)) if meta.bytes == len);
+            if !complete {
+                std::fs::remove_dir_all(&dir).map_err(io_at(&dir))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Starts an upload under a private temporary directory.
@@ -212,24 +270,7 @@ impl FileStore {
         }
         let path = self.files.join(id).join("meta.json");
         let text = tokio::fs::read(&path).await.map_err(|_| not_found())?;
-        let value: serde_json::Value = serde_json::from_slice(&text).map_err(|_| not_found())?;
-        let text_field = |key: &str| {
-            value
-                .get(key)
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-                .ok_or_else(not_found)
-        };
-        Ok(FileMeta {
-            id: id.to_owned(),
-            filename: text_field("filename")?,
-            mimetype: text_field("mimetype")?,
-            sha256: text_field("sha256")?,
-            bytes: value
-                .get("bytes")
-                .and_then(serde_json::Value::as_u64)
-                .ok_or_else(not_found)?,
-        })
+        parse_meta(id, &text).ok_or_else(not_found)
     }
 
     /// Finds the newest file uploaded under `filename` (its base name).
@@ -325,8 +366,10 @@ impl PendingUpload {
         Ok(())
     }
 
-    /// Publishes the upload under a new id: syncs the content, writes the
-    /// metadata, renames the directory into `files/`.
+    /// Publishes the upload under a new id: syncs the content, writes and
+    /// syncs the metadata, renames the directory into `files/` and syncs
+    /// `files/` (on Unix), so that after a crash the file is either
+    /// complete or absent.
     ///
     /// # Errors
     ///
@@ -363,14 +406,28 @@ impl PendingUpload {
             "sha256": meta.sha256,
         });
         let meta_path = dir.join("meta.json");
-        tokio::fs::write(&meta_path, json.to_string())
+        let mut meta_file = tokio::fs::File::create(&meta_path)
             .await
             .map_err(io_at(&meta_path))?;
+        meta_file
+            .write_all(json.to_string().as_bytes())
+            .await
+            .map_err(io_at(&meta_path))?;
+        meta_file.sync_all().await.map_err(io_at(&meta_path))?;
+        drop(meta_file);
         let target = self.files.join(&id);
         tokio::fs::rename(&dir, &target)
             .await
             .map_err(io_at(&target))?;
         self.dir = None;
+        #[cfg(unix)]
+        {
+            // Make the rename durable. The file is published either way, so
+            // a failure here is not the upload's failure.
+            if let Ok(files) = tokio::fs::File::open(&self.files).await {
+                let _ = files.sync_all().await;
+            }
+        }
         Ok(meta)
     }
 
@@ -483,12 +540,87 @@ mod tests {
         std::fs::remove_dir_all(root).unwrap();
     }
 
-    #[test]
-    fn open_cleans_leftovers_of_a_crash() {
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn reopen_after_a_crash_keeps_finished_uploads_only() {
         let root = temp_root("crash");
-        std::fs::create_dir_all(root.join("tmp").join("old")).unwrap();
-        FileStore::open(&root).unwrap();
-        assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+        let store = FileStore::open(&root).unwrap();
+        let mut done = store.begin_upload("done.bin", "").await.unwrap();
+        done.write(b"complete content").await.unwrap();
+        let kept = done.commit("00ff").await.unwrap();
+        // An upload in the middle of its chunks when the process was
+        // killed: no drop, no discard ran.
+        let mut partial = store.begin_upload("partial.bin", "").await.unwrap();
+        partial.write(&[7; 4096]).await.unwrap();
+        let partial_content = partial.temp_dir().unwrap().join("content");
+        std::mem::forget(partial);
+        // One killed after writing its metadata, before the rename.
+        let late = root.join("tmp").join("0123456789abcdef0123456789abcdef");
+        std::fs::create_dir_all(&late).unwrap();
+        std::fs::write(late.join("content"), b"late").unwrap();
+        std::fs::write(
+            late.join("meta.json"),
+            r#"{"filename":"late.bin","mimetype":"a/b","bytes":4,"sha256":"00"}"#,
+        )
+        .unwrap();
+        assert!(partial_content.exists());
+        drop(store);
+
+        let store = FileStore::open(&root).unwrap();
+        assert!(names(&root.join("tmp")).is_empty());
+        assert_eq!(names(&root.join("files")), vec![kept.id.clone()]);
+        assert_eq!(store.meta(&kept.id).await.unwrap(), kept);
+        let content = std::fs::read(root.join("files").join(&kept.id).join("content")).unwrap();
+        assert_eq!(content, b"complete content");
+        for gone in ["partial.bin", "late.bin"] {
+            assert!(matches!(
+                store.find_by_name(gone).await,
+                Err(StoreError::NotFound { .. })
+            ));
+        }
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn open_removes_incomplete_published_files() {
+        let root = temp_root("incomplete");
+        let files = root.join("files");
+        let entry = |id: &str, content: Option<&[u8]>, meta: Option<&str>| {
+            let dir = files.join(id);
+            std::fs::create_dir_all(&dir).unwrap();
+            if let Some(content) = content {
+                std::fs::write(dir.join("content"), content).unwrap();
+            }
+            if let Some(meta) = meta {
+                std::fs::write(dir.join("meta.json"), meta).unwrap();
+            }
+        };
+        let meta = |bytes: u64| {
+            format!(r#"{{"filename":"f.bin","mimetype":"a/b","bytes":{bytes},"sha256":"00"}}"#)
+        };
+        let good = "aaaaaaaaaaaaaaaaaaaaaaaa";
+        entry(good, Some(b"12345"), Some(&meta(5)));
+        entry("bbbbbbbbbbbbbbbbbbbbbbbb", Some(b"123"), Some(&meta(5)));
+        entry("cccccccccccccccccccccccc", Some(b"12345"), None);
+        entry(
+            "dddddddddddddddddddddddd",
+            Some(b"12345"),
+            Some("{not json"),
+        );
+        entry("eeeeeeeeeeeeeeeeeeeeeeee", None, Some(&meta(0)));
+        // Not ours: left alone.
+        entry("notes", Some(b"x"), None);
+        let store = FileStore::open(&root).unwrap();
+        assert_eq!(names(&files), [good, "notes"]);
+        assert_eq!(store.remove_incomplete().unwrap(), 0);
         std::fs::remove_dir_all(root).unwrap();
     }
 
