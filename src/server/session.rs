@@ -34,7 +34,7 @@ use crate::proto::{
     UploadRequest, UploadResponse, User,
 };
 use crate::stream::StreamSender;
-use crate::transport::{BoxTransport, Driver, Status};
+use crate::transport::{BoxTransport, Driver, FLUSH_TIMEOUT, Status};
 
 /// Chunks queued per top-up of a download: 1 MiB at the default chunk size,
 /// enough to keep the socket busy while the next ones are read.
@@ -112,7 +112,17 @@ impl Session {
                 status = self.driver.drive(&mut self.conn) => match status {
                     Ok(Status::Progress) => {}
                     Ok(Status::Closed) => break "peer closed".to_owned(),
-                    Err(e) => break e.to_string(),
+                    Err(e) => {
+                        // A connection-fatal error left a notice queued for
+                        // the peer; send it before closing, whatever the
+                        // driver made of the error.
+                        let _ = tokio::time::timeout(
+                            FLUSH_TIMEOUT,
+                            self.driver.close(&mut self.conn),
+                        )
+                        .await;
+                        break e.to_string();
+                    }
                 },
                 () = super::stopped(&mut shutdown) => {
                     let _ = self.driver.close(&mut self.conn).await;
@@ -152,7 +162,15 @@ impl Session {
                 }
                 Event::Ping { id } => debug!(%id, "ping"),
                 Event::StreamStarted { rid, started } => {
-                    debug!(%rid, checksum = ?started.checksum, "upload stream started");
+                    if self.uploads.contains_key(&rid) {
+                        debug!(%rid, checksum = ?started.checksum, "upload stream started");
+                    } else {
+                        // The core opens a stream for any rid; only an
+                        // upload's is wanted. Its parts are dropped.
+                        let message =
+                            format!("beginstream for rid {rid:?}, which is not an upload");
+                        self.reply_stray(&rid, message, 400);
+                    }
                 }
                 Event::StreamChunk { rid, data } => self.on_chunk(&rid, &data).await,
                 Event::StreamEnded { rid, summary } => {
@@ -160,18 +178,61 @@ impl Session {
                         self.finish_upload(upload, summary).await;
                     }
                 }
-                Event::StreamFailed { rid, error } => {
-                    if let Some(upload) = self.uploads.remove(&rid) {
-                        warn!(%rid, %error, "upload failed");
-                        if let Some(file) = upload.file {
-                            file.discard().await;
-                        }
-                        let code = crate::Error::from(error.clone()).code();
-                        self.reply_error(&upload.request, error.to_string(), code);
-                    }
-                }
+                Event::StreamFailed { rid, error } => self.on_stream_failed(rid, error).await,
                 other => debug!(event = ?other, "ignored"),
             }
+        }
+    }
+
+    /// A received transfer failed. An upload's request gets the `error`
+    /// (once: a refused upload was answered already); a part for a rid that
+    /// is no upload (never begun, or after its `endstream`) is answered with
+    /// an `error` whose rid is that rid, so the peer learns it was dropped.
+    async fn on_stream_failed(&mut self, rid: String, error: crate::stream::StreamError) {
+        let code = crate::Error::from(error.clone()).code();
+        match self.uploads.remove(&rid) {
+            Some(Upload {
+                request,
+                file: Some(file),
+                ..
+            }) => {
+                warn!(%rid, %error, "upload failed");
+                file.discard().await;
+                self.reply_error(&request, error.to_string(), code);
+            }
+            Some(_) => debug!(%rid, %error, "refused upload's stream failed"),
+            None if error.is_peer_violation() => self.reply_stray(&rid, error.to_string(), code),
+            None => debug!(%rid, %error, "stream failed"),
+        }
+    }
+
+    /// Answers a stream part that belongs to no upload: `error` with the
+    /// part's rid.
+    fn reply_stray(&mut self, rid: &str, message: String, code: i32) {
+        info!(%rid, %message, "stray stream part");
+        let part = Envelope {
+            id: rid.to_owned(),
+            ..Envelope::default()
+        };
+        self.reply_error(&part, message, code);
+    }
+
+    /// Refuses `request`. A refused `upload` is remembered without a file:
+    /// its parts follow anyway and are dropped quietly, without a second
+    /// answer. (The connection registered the upload's stream, so these
+    /// entries are bounded by its open-stream limit, and each goes when its
+    /// stream ends or fails.)
+    fn refuse(&mut self, request: Envelope, message: impl Into<String>, code: i32) {
+        self.reply_error(&request, message, code);
+        if request.command == "upload" {
+            self.uploads.insert(
+                request.id.clone(),
+                Upload {
+                    request,
+                    file: None,
+                    started: Instant::now(),
+                },
+            );
         }
     }
 
@@ -203,9 +264,9 @@ impl Session {
                     "sign in first: {:?} needs a signed-in connection",
                     envelope.command
                 );
-                return self.reply_error(&envelope, message, 401);
+                return self.refuse(envelope, message, 401);
             }
-            Err(message) => return self.reply_error(&envelope, message, 401),
+            Err(message) => return self.refuse(envelope, message, 401),
         };
         match payload {
             Payload::UploadRequest(request) => self.start_upload(envelope, &request).await,
@@ -275,10 +336,7 @@ impl Session {
                     },
                 );
             }
-            Err(e) => {
-                // Chunks still arrive for this rid and are dropped.
-                self.reply_error(&envelope, e.to_string(), 400);
-            }
+            Err(e) => self.refuse(envelope, e.to_string(), 400),
         }
     }
 
@@ -488,4 +546,194 @@ pub(super) async fn exchange(
             );
             error_reply(&request, message, 400)
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+    use crate::envelope::{decode_envelope, pack};
+    use crate::frame::{FrameDecoder, encode_frame};
+    use crate::proto::{BeginStream, PingRequest, Stream};
+    use crate::server::ServerConfig;
+    use crate::server::auth::Auth;
+    use crate::server::store::FileStore;
+    use crate::transport::ByteStream;
+
+    /// A session over an in-memory pipe; the other end is returned, with
+    /// the shutdown sender (dropping it would stop the session).
+    fn start(tag: &str) -> (DuplexStream, watch::Sender<bool>, PathBuf) {
+        let root = std::env::temp_dir().join(format!(
+            "openiap-session-{tag}-{}-{:?}",
+            std::process::id(),
+            Instant::now()
+        ));
+        let mut auth = Auth::new(b"secret".to_vec(), Duration::from_secs(60));
+        auth.add_user("dev", "pw");
+        let shared = Arc::new(Shared {
+            auth,
+            store: FileStore::open(&root).unwrap(),
+            connection: ServerConfig::new(&root).connection,
+        });
+        let (peer, server) = tokio::io::duplex(64 * 1024);
+        let session = Session::new(
+            Box::new(ByteStream::new(server)),
+            shared,
+            "test",
+            "peer".into(),
+        );
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(session.run(stopped));
+        (peer, stop, root)
+    }
+
+    /// Frames `envelopes` with seqs from 0.
+    fn wire(envelopes: Vec<Envelope>) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        for (seq, mut envelope) in (0..).zip(envelopes) {
+            envelope.seq = seq;
+            if envelope.id.is_empty() {
+                envelope.id = format!("e{seq}");
+            }
+            encode_frame(&envelope, usize::MAX, &mut out).unwrap();
+        }
+        out.to_vec()
+    }
+
+    /// Reads envelopes until `n` have arrived.
+    async fn read(peer: &mut DuplexStream, n: usize) -> Vec<Envelope> {
+        let mut decoder = FrameDecoder::default();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while seen.len() < n {
+            let read = tokio::time::timeout(Duration::from_secs(5), peer.read(&mut buf))
+                .await
+                .expect("an answer within 5 s")
+                .unwrap();
+            assert_ne!(read, 0, "closed after {seen:?}");
+            decoder.push(&buf[..read]);
+            while let Some(frame) = decoder.decode().unwrap() {
+                seen.push(decode_envelope(frame).unwrap());
+            }
+        }
+        seen
+    }
+
+    fn part(rid: &str, mut envelope: Envelope) -> Envelope {
+        envelope.rid = rid.to_owned();
+        envelope
+    }
+
+    #[tokio::test]
+    async fn undecodable_envelope_is_explained_before_the_close() {
+        // The driver flushes only errors it classifies as connection-fatal;
+        // an undecodable envelope ends the connection too and must not
+        // close it without a word.
+        let (mut peer, _stop, root) = start("undecodable");
+        peer.write_all(&[4, 0, 0, 0, 0x0f, 0xff, 0xff, 0xff])
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), peer.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&answer);
+        let notice = decode_envelope(decoder.decode().unwrap().unwrap()).unwrap();
+        assert_eq!(notice.command, "error");
+        assert_eq!(decoder.buffered(), 0);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn stray_stream_parts_are_answered() {
+        let (mut peer, _stop, root) = start("stray");
+        let input = wire(vec![
+            part("nosuch", pack(&Stream::default())),
+            part("other", pack(&BeginStream::default())),
+            part("other", pack(&Stream::default())),
+            pack(&PingRequest {}),
+        ]);
+        peer.write_all(&input).await.unwrap();
+        let seen = read(&mut peer, 3).await;
+        let mut summary: Vec<_> = seen
+            .iter()
+            .map(|e| (e.command.as_str(), e.rid.as_str()))
+            .collect();
+        // The core answers the ping at once, the session the parts: sort.
+        summary.sort_unstable();
+        // One error per stray stream, none for the parts behind an answered
+        // beginstream.
+        assert_eq!(
+            summary,
+            [("error", "nosuch"), ("error", "other"), ("pong", "e3")]
+        );
+        let mut ping = pack(&PingRequest {});
+        ping.id = "last".into();
+        ping.seq = 4;
+        let mut frame = BytesMut::new();
+        encode_frame(&ping, usize::MAX, &mut frame).unwrap();
+        peer.write_all(&frame).await.unwrap();
+        let next = read(&mut peer, 1).await;
+        assert_eq!(
+            (next[0].command.as_str(), next[0].rid.as_str()),
+            ("pong", "last")
+        );
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn refused_upload_is_answered_once() {
+        // Not signed in: the upload is refused, and its stream, which then
+        // fails (a malformed checksum), gets no second answer.
+        let (mut peer, _stop, root) = start("refused");
+        let mut upload = pack(&UploadRequest {
+            filename: "a.bin".into(),
+            ..Default::default()
+        });
+        upload.id = "u".into();
+        let begin = BeginStream {
+            checksum: "not hex".into(),
+            stat: None,
+        };
+        let input = wire(vec![
+            upload,
+            part("u", pack(&begin)),
+            part("u", pack(&Stream::default())),
+            part("u", pack(&crate::proto::EndStream {})),
+            pack(&PingRequest {}),
+        ]);
+        peer.write_all(&input).await.unwrap();
+        let seen = read(&mut peer, 2).await;
+        let mut summary: Vec<_> = seen
+            .iter()
+            .map(|e| (e.command.as_str(), e.rid.as_str()))
+            .collect();
+        summary.sort_unstable();
+        assert_eq!(summary, [("error", "u"), ("pong", "e4")]);
+        let error = seen.iter().find(|e| e.command == "error").unwrap();
+        let error =
+            crate::envelope::unpack::<ErrorResponse>(error, crate::command::Validation::Strict)
+                .unwrap();
+        assert_eq!(error.code, 401);
+        // Nothing else was queued: the next ping's pong comes next.
+        let mut ping = pack(&PingRequest {});
+        ping.id = "last".into();
+        ping.seq = 5;
+        let mut frame = BytesMut::new();
+        encode_frame(&ping, usize::MAX, &mut frame).unwrap();
+        peer.write_all(&frame).await.unwrap();
+        let next = read(&mut peer, 1).await;
+        assert_eq!(
+            (next[0].command.as_str(), next[0].rid.as_str()),
+            ("pong", "last")
+        );
+        assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+        std::fs::remove_dir_all(root).unwrap();
+    }
 }
