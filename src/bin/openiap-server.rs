@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use openiap_wire::server::{Server, ServerConfig};
+use openiap_wire::server::{DEFAULT_MAX_UPLOAD_BYTES, Server, ServerConfig};
 use openiap_wire::transport::Endpoint;
 
 /// The OpenIAP Flow reference server.
@@ -43,6 +43,20 @@ struct Args {
     /// Token signing secret; default: DATA/jwt.secret, generated on first start.
     #[arg(long, env = "OPENIAP_JWT_SECRET", hide_env_values = true)]
     jwt_secret: Option<String>,
+    /// Largest upload accepted, in bytes (`off` for no limit).
+    #[arg(long, default_value_t = DEFAULT_MAX_UPLOAD_BYTES.to_string())]
+    max_upload_bytes: String,
+}
+
+/// `--max-upload-bytes`: a byte count or `off`.
+fn parse_limit(value: &str) -> Result<Option<u64>, String> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    value
+        .parse()
+        .map(Some)
+        .map_err(|e| format!("--max-upload-bytes {value:?}: {e}"))
 }
 
 fn read_users(path: &std::path::Path) -> Result<Vec<(String, String)>, String> {
@@ -116,6 +130,13 @@ async fn main() -> ExitCode {
         }
     };
     let mut config = ServerConfig::new(&args.data);
+    match parse_limit(&args.max_upload_bytes) {
+        Ok(limit) => config.max_upload_bytes = limit,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     if let Some(path) = &args.users {
         match read_users(path) {
             Ok(users) => config.users = users,

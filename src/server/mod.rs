@@ -92,6 +92,23 @@ pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 /// Node client's ping interval.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Default frame timeout of server connections
+/// ([`ConnectionConfig::frame_timeout`]): 30 s from the first byte of a
+/// frame to its last. A peer that drips a frame a byte at a time
+/// ("slowloris") is cut off after it, however steadily the bytes come; an
+/// honest client meets it for the largest frame
+/// ([`DEFAULT_MAX_FRAME_LENGTH`](crate::frame::DEFAULT_MAX_FRAME_LENGTH),
+/// 64 MiB) at about 2.2 MiB/s, and for a 256 KiB upload chunk at 9 KiB/s.
+pub const DEFAULT_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default [`ServerConfig::max_upload_bytes`]: 1 GiB.
+///
+/// Neither reference server documents a cap, but the protocol reports sizes
+/// in `int32` fields (`UploadResponse.bytes`, `Stat.size`), which break past
+/// 2 GiB; 1 GiB stays clear of that and of filling a small disk by accident.
+/// Raise it, or set `None`, for larger files.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 1 << 30;
+
 /// Username of the development user.
 pub const DEV_USERNAME: &str = "dev";
 
@@ -113,6 +130,14 @@ pub struct ServerConfig {
     pub jwt_secret: Option<Vec<u8>>,
     /// How long issued tokens stay valid.
     pub token_lifetime: Duration,
+    /// Largest upload accepted, in bytes; `None` accepts any size. Enforced
+    /// chunk by chunk as the upload streams in: the chunk that would pass
+    /// the limit fails the upload (`error` 413) and its temporary file is
+    /// removed. [`Server::bind`] writes it into the connections'
+    /// [`max_stream_bytes`](crate::stream::StreamConfig::max_stream_bytes)
+    /// (a server receives no other streams), replacing what `connection`
+    /// says there. Default [`DEFAULT_MAX_UPLOAD_BYTES`].
+    pub max_upload_bytes: Option<u64>,
     /// Protocol limits of every connection (role is set to server).
     pub connection: ConnectionConfig,
     /// IO limits of every connection.
@@ -121,13 +146,22 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Defaults: no listeners, generated password, secret in the data
-    /// directory, server connections with [`DEFAULT_IDLE_TIMEOUT`] and no
-    /// request timeout (the server sends no requests).
+    /// directory, uploads up to [`DEFAULT_MAX_UPLOAD_BYTES`], and server
+    /// connections with [`DEFAULT_IDLE_TIMEOUT`], [`DEFAULT_FRAME_TIMEOUT`],
+    /// no keepalive pings and zero-length frames refused
+    /// ([`ZeroLengthPolicy::Reject`](crate::frame::ZeroLengthPolicy::Reject):
+    /// no reference client sends one, and an empty Envelope has no id to
+    /// answer, so it ends the connection with an `error` instead of being
+    /// dropped unanswered).
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         let mut connection = ConnectionConfig::default();
         connection
             .set_idle_timeout(Some(DEFAULT_IDLE_TIMEOUT))
+            .set_frame_timeout(Some(DEFAULT_FRAME_TIMEOUT))
             .set_keepalive_interval(None);
+        connection
+            .frame_mut()
+            .set_zero_length(crate::frame::ZeroLengthPolicy::Reject);
         Self {
             data_dir: data_dir.into(),
             listen: Vec::new(),
@@ -135,6 +169,7 @@ impl ServerConfig {
             dev_password: None,
             jwt_secret: None,
             token_lifetime: DEFAULT_TOKEN_LIFETIME,
+            max_upload_bytes: Some(DEFAULT_MAX_UPLOAD_BYTES),
             connection,
             transport: TransportConfig::default(),
         }
@@ -222,6 +257,10 @@ impl Server {
         // A WebSocket message may carry a whole frame, no more.
         let max_frame = config.connection.frame().max_frame_length();
         config.transport.set_max_frame_length(max_frame);
+        config
+            .connection
+            .stream_mut()
+            .set_max_stream_bytes(config.max_upload_bytes);
         let store = FileStore::open(&config.data_dir)?;
         let secret = match config.jwt_secret {
             Some(secret) => secret,
@@ -398,5 +437,45 @@ async fn serve_rest(
         .await;
     if let Err(e) = served {
         info!(transport = "rest", %peer, error = %e, "http connection failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::ZeroLengthPolicy;
+
+    #[test]
+    fn defaults_bound_uploads_slow_frames_and_empty_frames() {
+        let config = ServerConfig::new("unused");
+        assert_eq!(config.max_upload_bytes, Some(DEFAULT_MAX_UPLOAD_BYTES));
+        assert_eq!(
+            config.connection.frame_timeout(),
+            Some(DEFAULT_FRAME_TIMEOUT)
+        );
+        assert_eq!(
+            config.connection.frame().zero_length(),
+            ZeroLengthPolicy::Reject
+        );
+    }
+
+    #[tokio::test]
+    async fn bind_gives_every_connection_the_upload_limit() {
+        let root =
+            std::env::temp_dir().join(format!("openiap-server-limit-{}", std::process::id()));
+        let mut config = ServerConfig::new(&root);
+        config.jwt_secret = Some(b"secret".to_vec());
+        config.max_upload_bytes = Some(123);
+        config
+            .connection
+            .stream_mut()
+            .set_max_stream_bytes(Some(999));
+        let server = Server::bind(config).await.unwrap();
+        assert_eq!(
+            server.shared.connection.stream().max_stream_bytes(),
+            Some(123)
+        );
+        drop(server);
+        std::fs::remove_dir_all(root).unwrap();
     }
 }
