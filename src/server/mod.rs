@@ -17,7 +17,8 @@
 //! | `signin`                  | checked              | checked (may switch user)             |
 //! | `ping`                    | `pong` (by the core) | `pong` (by the core)                  |
 //! | `upload`                  | `error` 401          | temp file opened                      |
-//! | chunk / end / failure     | ignored              | written / published + `uploadreply` / removed + `error` |
+//! | chunk / end / failure     | dropped (upload refused) | written / published + `uploadreply` / removed + `error` |
+//! | a stream part for no upload, or after its `endstream` | `error` 400, rid = the part's rid | `error` 400, rid = the part's rid |
 //! | `download`                | `error` 401          | `beginstream`, chunks, `endstream`, `downloadreply` |
 //! | other known command       | `error` 401          | `error` 501                           |
 //! | unknown command           | `error` 404 (by the core) | `error` 404 (by the core)      |
@@ -27,7 +28,11 @@
 //! a time, only when the connection's transmit queue has run empty, so a
 //! large file never sits in memory. An upload is written to a temporary file
 //! as it arrives and published only after `endstream` with a matching
-//! checksum; a failed or abandoned upload leaves nothing behind.
+//! checksum; a failed or abandoned upload leaves nothing behind, and one
+//! that passes [`ServerConfig::max_upload_bytes`] fails at that chunk
+//! (`error` 413). A frame must arrive whole within
+//! [`DEFAULT_FRAME_TIMEOUT`] of its first byte (slow-drip peers are cut
+//! off with `error` 408).
 //!
 //! With the `transport-rest` feature a WebSocket listener also serves REST
 //! (experimental) at `/api/v2` ([`Server::rest_endpoints`]): every POST
