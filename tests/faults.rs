@@ -13,7 +13,7 @@
 //! have grown past a threshold well below the file size, and only then
 //! strikes.
 
-#![cfg(feature = "bins")]
+#![cfg(all(feature = "bins", unix))]
 
 use std::ffi::OsString;
 use std::fs::File;
