@@ -20,22 +20,30 @@
 //! - `split/stream64k`: the same wire pushed whole, or in pseudo-random 1-1500-byte pieces.
 //! - `payload_size`: 16 `stream` envelopes at 16 KiB, 64 KiB and 1 MiB, `Throughput::Elements`:
 //!   a zero-copy decode costs the same per envelope at every size.
+//! - `connection/<workload>` (`ping`, `stream64k`): the whole receive path of a server
+//!   `Connection`, bytes in through `handle_message` and every event polled out (`Ping` with its
+//!   id, `StreamChunk` with its data; `stream64k` is preceded by a `beginstream`, so every chunk
+//!   also goes through the SHA-256 of the stream table). Pings are not answered
+//!   (`set_answer_pings(false)`) so that only the receive side is measured. `decode_view` is the
+//!   bare `FrameDecoder` + `EnvelopeView` decode of the same wire, for scale.
 //!
 //! `cargo bench --bench codec -- --warm-up-time 1 --measurement-time 3`
 
 mod naive;
 
 use std::hint::black_box;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use naive::{NaiveItem, NaivePayload, NaivePing, NaiveQueryResponse, NaiveStream};
 use openiap_wire::command::{Payload, Validation};
+use openiap_wire::connection::{Connection, ConnectionConfig, Event, Role};
 use openiap_wire::envelope::{WireMessage, decode_envelope, pack, payload};
 use openiap_wire::frame::{
     DEFAULT_MAX_FRAME_LENGTH, FrameConfig, FrameDecoder, encode_frame, encode_packed_frame,
 };
-use openiap_wire::proto::{Envelope, PingRequest, QueryResponse, Stream};
+use openiap_wire::proto::{BeginStream, Envelope, PingRequest, QueryResponse, Stream};
 use openiap_wire::view::EnvelopeView;
 use prost::{Message, Name};
 
@@ -523,6 +531,111 @@ fn bench_payload_size(c: &mut Criterion, rng: &mut Rng) {
     group.finish();
 }
 
+/// The wire a server connection receives for `items`: a `beginstream` for the
+/// rid of the first `stream` item, if there is one, then the items, seqs
+/// numbered from 0 in that order.
+fn connection_wire(items: &[Item]) -> Bytes {
+    let mut dst = BytesMut::new();
+    let mut items = items.to_vec();
+    if let Some(rid) = items
+        .iter()
+        .find(|item| matches!(item.body, Body::Stream(_)))
+        .map(|item| item.rid.clone())
+    {
+        let header = Envelope {
+            command: "beginstream".to_owned(),
+            id: "begin".to_owned(),
+            rid,
+            ..Envelope::default()
+        };
+        encode_packed_frame(
+            &header,
+            &BeginStream::default(),
+            DEFAULT_MAX_FRAME_LENGTH,
+            &mut dst,
+        )
+        .expect("frame within limit");
+        for item in &mut items {
+            item.seq += 1;
+        }
+    }
+    encode_ours(items, &mut dst);
+    dst.freeze()
+}
+
+/// The configuration of the receiving server: no keepalive, no pongs.
+fn connection_config() -> ConnectionConfig {
+    let mut config = ConnectionConfig::default();
+    config.set_keepalive_interval(None).set_answer_pings(false);
+    config
+}
+
+/// Feeds `wire` to a fresh server connection and polls every event out:
+/// (events, ping id bytes + chunk bytes).
+fn receive(config: &ConnectionConfig, wire: BytesMut) -> (usize, usize) {
+    let now = Instant::now();
+    let mut conn = Connection::new(Role::Server, config.clone(), now);
+    conn.handle_message(wire.freeze(), now).expect("valid wire");
+    let (mut count, mut total) = (0, 0);
+    while let Some(event) = conn.poll_event() {
+        total += match event {
+            Event::Ping { id } => id.len(),
+            Event::StreamChunk { data, .. } => data.len(),
+            Event::StreamStarted { .. } => 0,
+            other => panic!("unexpected event {other:?}"),
+        };
+        count += 1;
+    }
+    (count, total)
+}
+
+/// [`receive`] as the timed loop calls it: a separate symbol, so that a
+/// profiler can collect the measured iterations alone
+/// (`valgrind --tool=callgrind --toggle-collect='codec::receive_measured'`).
+#[inline(never)]
+fn receive_measured(config: &ConnectionConfig, wire: BytesMut) -> (usize, usize) {
+    receive(config, wire)
+}
+
+fn bench_connection(c: &mut Criterion, workload: &Workload) {
+    let wire = connection_wire(&workload.items);
+    let config = connection_config();
+    let input = || BytesMut::from(&wire[..]);
+    let (events, total) = receive(&config, input());
+    let chunks = workload
+        .items
+        .iter()
+        .filter(|item| matches!(item.body, Body::Stream(_)))
+        .count();
+    assert_eq!(events, workload.items.len() + usize::from(chunks > 0));
+    let expected_total: usize = workload
+        .items
+        .iter()
+        .map(|item| match &item.body {
+            Body::Stream(m) => m.data.len(),
+            _ => item.id.len(),
+        })
+        .sum();
+    assert_eq!(total, expected_total);
+    let mut group = c.benchmark_group(format!("connection/{}", workload.name));
+    group.throughput(Throughput::Bytes(wire.len() as u64));
+    group.bench_function("connection", |b| {
+        b.iter_batched(
+            input,
+            |input| black_box(receive_measured(&config, input)),
+            BatchSize::LargeInput,
+        );
+    });
+    group.bench_function("decode_view", |b| {
+        b.iter_batched(
+            input,
+            |input| black_box(decode_view(input)),
+            BatchSize::LargeInput,
+        );
+    });
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let workloads = [
@@ -536,6 +649,8 @@ fn benches(c: &mut Criterion) {
     }
     bench_split(c, &workloads[1], &mut rng);
     bench_payload_size(c, &mut rng);
+    bench_connection(c, &workloads[0]);
+    bench_connection(c, &workloads[1]);
 }
 
 criterion_group!(codec, benches);

@@ -133,14 +133,22 @@ pub fn encoded_len(envelope: &Envelope) -> usize {
 ///
 /// [`EnvelopeError::MissingCommand`] or [`EnvelopeError::MissingId`].
 pub fn validate_envelope(envelope: &Envelope) -> Result<(), EnvelopeError> {
-    if envelope.command.is_empty() {
-        return Err(EnvelopeError::MissingCommand {
-            id: envelope.id.clone(),
-        });
+    validate_header(&envelope.command, &envelope.id)
+}
+
+/// [`validate_envelope`] on the two fields alone, for callers that hold them
+/// borrowed (an [`EnvelopeView`](crate::view::EnvelopeView)).
+///
+/// # Errors
+///
+/// [`EnvelopeError::MissingCommand`] or [`EnvelopeError::MissingId`].
+pub fn validate_header(command: &str, id: &str) -> Result<(), EnvelopeError> {
+    if command.is_empty() {
+        return Err(EnvelopeError::MissingCommand { id: id.to_owned() });
     }
-    if envelope.id.is_empty() {
+    if id.is_empty() {
         return Err(EnvelopeError::MissingId {
-            command: envelope.command.clone(),
+            command: command.to_owned(),
         });
     }
     Ok(())

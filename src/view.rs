@@ -52,6 +52,8 @@
 use bytes::Bytes;
 use prost::{Message, Name};
 
+use crate::command::{CommandError, Validation, decode_as};
+use crate::envelope::WireMessage;
 use crate::proto::Envelope;
 use crate::proto::google::protobuf::Any;
 
@@ -305,6 +307,41 @@ impl<'a> EnvelopeView<'a> {
     /// prost's error when the value is not a valid `M`.
     pub fn decode_value<M: Message + Default>(&self) -> Result<M, prost::DecodeError> {
         M::decode(self.value())
+    }
+
+    /// Decodes the payload as `M`, checked as [`unpack`](crate::envelope::unpack)
+    /// checks the owned envelope (same results, same errors): the command
+    /// must be `M::COMMAND`, then the data is checked under `validation`.
+    /// `bytes` fields share the frame.
+    ///
+    /// The common case, a type URL naming `M` exactly, is checked from the
+    /// end of the URL without allocating; other forms (the lenient ones, a
+    /// mismatch, no data) take the owned path.
+    ///
+    /// # Errors
+    ///
+    /// As [`unpack`](crate::envelope::unpack).
+    pub fn unpack<M: WireMessage>(&self, validation: Validation) -> Result<M, CommandError> {
+        if self.command != M::COMMAND {
+            return Err(CommandError::UnexpectedCommand {
+                expected: M::COMMAND,
+                actual: self.command.to_owned(),
+            });
+        }
+        let spec = M::SPEC;
+        if self.has_data && self.is_type::<M>() {
+            // `is_type` is the Strict rule, which both policies accept.
+            return M::decode(self.value()).map_err(|source| CommandError::Payload {
+                command: spec.command,
+                type_name: spec.type_name,
+                source,
+            });
+        }
+        let any = self.has_data.then(|| Any {
+            type_url: self.type_url.to_owned(),
+            value: self.value(),
+        });
+        decode_as(spec, any.as_ref(), validation)
     }
 
     /// Field 7, `jwt`.
@@ -758,6 +795,27 @@ mod tests {
     }
 
     #[test]
+    fn unpack_shares_the_frame_and_checks_the_command() {
+        let mut envelope = pack(&Stream {
+            data: Bytes::from(vec![3_u8; 1000]),
+        });
+        envelope.id = "c1".into();
+        let frame = encode_envelope(&envelope);
+        let view = EnvelopeView::parse(&frame).unwrap();
+        let chunk: Stream = view.unpack(Validation::Strict).unwrap();
+        let start = frame.as_ptr() as usize;
+        let at = chunk.data.as_ptr() as usize;
+        assert!(at > start && at + chunk.data.len() <= start + frame.len());
+        assert_eq!(
+            view.unpack::<PingRequest>(Validation::Lenient),
+            Err(CommandError::UnexpectedCommand {
+                expected: "ping",
+                actual: "stream".into()
+            })
+        );
+    }
+
+    #[test]
     fn is_type_matches_only_the_exact_name() {
         let frame = encode_envelope(&ping("1", 0));
         let view = EnvelopeView::parse(&frame).unwrap();
@@ -810,7 +868,65 @@ mod tests {
             )
     }
 
+    /// An envelope whose command and type URL are near the `stream` and
+    /// `error` rows: exact, prefixed, lenient and wrong forms.
+    fn arb_typed_envelope() -> impl Strategy<Value = Envelope> {
+        let command = prop_oneof![
+            Just("stream"),
+            Just("beginstream"),
+            Just("error"),
+            Just("ping"),
+            Just("")
+        ];
+        let type_url = prop_oneof![
+            Just("type.googleapis.com/openiap.Stream".to_owned()),
+            Just("openiap.Stream".to_owned()),
+            Just("x/openiap.stream".to_owned()),
+            Just("openiap.ErrorResponse".to_owned()),
+            Just("type.googleapis.com/openiap.BeginStream".to_owned()),
+            Just("type.googleapis.com/openiap.Stream/".to_owned()),
+            Just(String::new()),
+            ".{0,24}",
+        ];
+        let any = (type_url, vec(any::<u8>(), 0..24)).prop_map(|(type_url, value)| Any {
+            type_url,
+            value: value.into(),
+        });
+        (command, proptest::option::of(any)).prop_map(|(command, data)| Envelope {
+            command: command.to_owned(),
+            id: "i".to_owned(),
+            data,
+            ..Envelope::default()
+        })
+    }
+
     proptest! {
+        #[test]
+        fn prop_unpack_agrees_with_owned_unpack(
+            envelope in arb_typed_envelope(),
+            strict in any::<bool>(),
+        ) {
+            use crate::envelope::unpack;
+            use crate::proto::{BeginStream, ErrorResponse};
+            let validation = if strict { Validation::Strict } else { Validation::Lenient };
+            let frame = encode_envelope(&envelope);
+            let view = EnvelopeView::parse(&frame).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let owned = view.to_envelope();
+            prop_assert_eq!(view.unpack::<Stream>(validation), unpack::<Stream>(&owned, validation));
+            prop_assert_eq!(
+                view.unpack::<BeginStream>(validation),
+                unpack::<BeginStream>(&owned, validation)
+            );
+            prop_assert_eq!(
+                view.unpack::<ErrorResponse>(validation),
+                unpack::<ErrorResponse>(&owned, validation)
+            );
+            prop_assert_eq!(
+                view.unpack::<PingRequest>(validation),
+                unpack::<PingRequest>(&owned, validation)
+            );
+        }
+
         #[test]
         fn prop_view_agrees_with_owned_decode(envelope in arb_envelope()) {
             let frame = encode_envelope(&envelope);

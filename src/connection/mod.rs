@@ -13,7 +13,11 @@
 //! ```
 //!
 //! Inside, received envelopes flow
-//! `FrameDecoder → decode_envelope → ReorderBuffer → dispatch`:
+//! `FrameDecoder → EnvelopeView → ReorderBuffer → dispatch`. The view
+//! borrows the frame: an envelope in seq order is dispatched from it without
+//! an owned [`Envelope`], and a `stream` chunk's data is sliced out of the
+//! frame straight into [`Event::StreamChunk`]. An owned `Envelope` is built
+//! only for an envelope that must wait for a gap, or one an event carries:
 //!
 //! | received, in seq order        | what happens                                                  |
 //! |-------------------------------|---------------------------------------------------------------|
@@ -80,10 +84,10 @@ pub use self::config::{
 };
 pub use self::event::Event;
 use crate::Error;
-use crate::command::{CommandKind, lookup};
+use crate::command::{CommandError, CommandKind, Validation, lookup};
 use crate::envelope::{
-    Request, decode_envelope, encoded_len, error_reply, pack, pack_any, payload, reply, unpack,
-    validate_envelope,
+    Request, WireMessage, decode_envelope, encoded_len, error_reply, pack, pack_any, payload,
+    reply, unpack, validate_header,
 };
 use crate::frame::{FrameDecoder, LENGTH_PREFIX_LEN, encode_frame};
 use crate::proto::{
@@ -92,6 +96,7 @@ use crate::proto::{
 use crate::reorder::ReorderBuffer;
 pub use crate::reorder::seq_successor;
 use crate::stream::{StreamSender, StreamState, StreamTable, sha256};
+use crate::view::EnvelopeView;
 
 /// [`Connection::poll_transmit`] stops adding frames once this many bytes
 /// are waiting in its buffer: large enough for one write to carry many small
@@ -102,6 +107,8 @@ pub const TRANSMIT_BATCH: usize = 256 * 1024;
 #[derive(Debug)]
 struct Pending {
     command: String,
+    /// Position in send order among the requests ever made pending.
+    order: u64,
     deadline: Option<(Instant, u64)>,
 }
 
@@ -111,10 +118,17 @@ pub struct Connection {
     role: Role,
     config: ConnectionConfig,
     decoder: FrameDecoder,
-    reorder: ReorderBuffer<Envelope>,
+    /// `None` stands for the envelope being dispatched from its frame (see
+    /// `accept_frame`) and never stays in the buffer; an envelope that must
+    /// wait is boxed, so that the in-order path moves one word, not a whole
+    /// `Envelope`, in and out of the buffer.
+    reorder: ReorderBuffer<Option<Box<Envelope>>>,
     streams: StreamTable,
     next_seq: i32,
     next_id: u64,
+    /// [`Pending::order`] of the next request; also the tie-breaker of
+    /// `deadlines`.
+    next_pending: u64,
     pending: HashMap<String, Pending>,
     /// Pending deadlines in order; the `u64` makes equal instants distinct.
     deadlines: BTreeMap<(Instant, u64), String>,
@@ -139,6 +153,7 @@ impl Connection {
             config,
             next_seq: 0,
             next_id: 0,
+            next_pending: 0,
             pending: HashMap::new(),
             deadlines: BTreeMap::new(),
             events: VecDeque::new(),
@@ -229,7 +244,8 @@ impl Connection {
         self.check()?;
         self.last_recv = now;
         let size = encoded_len(&envelope);
-        self.accept(envelope, size, now)
+        let seq = envelope.seq;
+        self.accept(envelope, seq, size, now)
     }
 
     /// The peer closed its side. Pending requests fail with
@@ -569,79 +585,125 @@ impl Connection {
             };
             completed = true;
             let size = frame.len().saturating_add(LENGTH_PREFIX_LEN);
-            // An undecodable envelope has no readable seq, so everything
-            // after it would wait on a gap: the connection cannot go on.
-            let envelope = match decode_envelope(frame) {
-                Ok(envelope) => envelope,
-                Err(e) => return Err(self.fail(e.into())),
-            };
-            self.accept(envelope, size, now)?;
+            self.accept_frame(&frame, size, now)?;
         }
     }
 
-    fn accept(&mut self, envelope: Envelope, size: usize, now: Instant) -> Result<(), Error> {
-        let seq = envelope.seq;
-        if let Err(e) = self.reorder.push(seq, envelope, size, now) {
+    /// Takes one frame body through the borrowed [`EnvelopeView`]: an
+    /// envelope that arrives in seq order (always, on a byte stream) is
+    /// dispatched straight from the frame, and an owned [`Envelope`] is
+    /// built only if it must wait in the reorder buffer or an event carries
+    /// it.
+    fn accept_frame(&mut self, frame: &Bytes, size: usize, now: Instant) -> Result<(), Error> {
+        // The view fails exactly when prost does (see `view`); report
+        // prost's error, as the owned decode always did. An undecodable
+        // envelope has no readable seq, so everything after it would wait on
+        // a gap: the connection cannot go on.
+        let Ok(view) = EnvelopeView::parse(frame) else {
+            return match decode_envelope(frame.clone()) {
+                Ok(envelope) => {
+                    let seq = envelope.seq;
+                    self.accept(envelope, seq, size, now)
+                }
+                Err(e) => Err(self.fail(e.into())),
+            };
+        };
+        let seq = view.seq();
+        self.accept(view, seq, size, now)
+    }
+
+    /// Puts a received envelope through the reorder buffer and dispatches
+    /// whatever comes out in seq order.
+    fn accept<R: Received>(
+        &mut self,
+        received: R,
+        seq: i32,
+        size: usize,
+        now: Instant,
+    ) -> Result<(), Error> {
+        // Every call pops all it can, so nothing precedes `next_expected`:
+        // an envelope carrying it comes straight back out of the first `pop`
+        // below, and `None` holds its place. Only an envelope that must wait
+        // is made owned and boxed.
+        let (item, mut in_hand) = if seq == self.reorder.next_expected() {
+            (None, Some(received))
+        } else {
+            (Some(Box::new(received.into_envelope())), None)
+        };
+        if let Err(e) = self.reorder.push(seq, item, size, now) {
             return Err(self.fail(e.into()));
         }
-        while let Some(envelope) = self.reorder.pop() {
-            self.dispatch(envelope, now);
+        while let Some(item) = self.reorder.pop() {
+            match item {
+                Some(envelope) => self.dispatch(*envelope, now),
+                None => {
+                    debug_assert!(in_hand.is_some(), "one placeholder per call");
+                    if let Some(received) = in_hand.take() {
+                        self.dispatch(received, now);
+                    }
+                }
+            }
         }
         Ok(())
     }
 
-    fn dispatch(&mut self, envelope: Envelope, now: Instant) {
-        if let Err(e) = validate_envelope(&envelope) {
-            return self.reject(envelope, e.into(), now);
+    fn dispatch<R: Received>(&mut self, envelope: R, now: Instant) {
+        if let Err(e) = validate_header(envelope.command(), envelope.id()) {
+            return self.reject(envelope.into_envelope(), e.into(), now);
         }
-        match envelope.command.as_str() {
+        match envelope.command() {
             "ping" => {
                 if self.config.answer_pings() {
                     let pong = Envelope {
                         command: "pong".to_owned(),
-                        rid: envelope.id.clone(),
+                        rid: envelope.id().to_owned(),
                         id: self.fresh_id(),
                         ..Envelope::default()
                     };
                     self.queue(pong, now);
                 }
-                self.events.push_back(Event::Ping { id: envelope.id });
+                self.events.push_back(Event::Ping {
+                    id: envelope.into_id(),
+                });
             }
             "beginstream" | "stream" | "endstream" => self.dispatch_stream(envelope, now),
-            "error" => self.dispatch_error(envelope),
-            _ => match self.remove_pending(&envelope.rid) {
+            "error" => self.dispatch_error(envelope.into_envelope()),
+            _ => match self.remove_pending(envelope.rid()) {
                 Some(pending) => self.events.push_back(Event::Reply {
-                    request_id: envelope.rid.clone(),
+                    request_id: envelope.rid().to_owned(),
                     request_command: pending.command,
-                    envelope,
+                    envelope: envelope.into_envelope(),
                 }),
                 // A pong for a keepalive ping is traffic and nothing else.
-                None if envelope.command == "pong" => {}
-                None => self.dispatch_request(envelope, now),
+                None if envelope.command() == "pong" => {}
+                None => self.dispatch_request(envelope.into_envelope(), now),
             },
         }
     }
 
-    fn dispatch_stream(&mut self, envelope: Envelope, now: Instant) {
-        let rid = envelope.rid.as_str();
+    fn dispatch_stream<R: Received>(&mut self, envelope: R, now: Instant) {
+        let rid = envelope.rid();
         let validation = self.config.validation();
         let was_failed = matches!(self.streams.state(rid), Some(StreamState::Failed(_)));
-        let result = match envelope.command.as_str() {
-            "beginstream" => unpack::<BeginStream>(&envelope, validation)
+        let result = match envelope.command() {
+            "beginstream" => envelope
+                .unpack_as::<BeginStream>(validation)
                 .map_err(Error::from)
                 .and_then(|begin| Ok(self.streams.recv_begin(rid, &begin)?))
                 .map(|started| Event::StreamStarted {
                     rid: rid.to_owned(),
                     started,
                 }),
-            "stream" => unpack::<Stream>(&envelope, validation)
+            "stream" => envelope
+                .unpack_as::<Stream>(validation)
                 .map_err(Error::from)
                 .and_then(|chunk| Ok(self.streams.recv_chunk(rid, chunk.data)?))
                 .map(|data| Event::StreamChunk {
                     rid: rid.to_owned(),
                     data,
                 }),
-            _ => unpack::<EndStream>(&envelope, validation)
+            _ => envelope
+                .unpack_as::<EndStream>(validation)
                 .map_err(Error::from)
                 .and_then(|_| Ok(self.streams.recv_end(rid)?))
                 .map(|summary| Event::StreamEnded {
@@ -670,7 +732,7 @@ impl Connection {
                         error: failure,
                     });
                 }
-                self.reject(envelope, error, now);
+                self.reject(envelope.into_envelope(), error, now);
             }
         }
     }
@@ -749,11 +811,14 @@ impl Connection {
                 id: envelope.id.clone(),
             });
         }
+        // Unique even when the caller chose the ids (`next_id` then stays).
+        let order = self.next_pending;
+        self.next_pending = self.next_pending.wrapping_add(1);
         let deadline = self
             .config
             .request_timeout()
             .and_then(|t| now.checked_add(t))
-            .map(|at| (at, self.next_id));
+            .map(|at| (at, order));
         if let Some(key) = deadline {
             self.deadlines.insert(key, envelope.id.clone());
         }
@@ -761,6 +826,7 @@ impl Connection {
             envelope.id.clone(),
             Pending {
                 command: envelope.command.clone(),
+                order,
                 deadline,
             },
         );
@@ -831,7 +897,7 @@ impl Connection {
             }
         }
         let mut pending: Vec<(String, Pending)> = self.pending.drain().collect();
-        pending.sort_by_key(|(_, p)| p.deadline);
+        pending.sort_by_key(|(_, p)| p.order);
         for (id, p) in pending {
             self.events.push_back(Event::RequestFailed {
                 request_id: id,
@@ -841,6 +907,73 @@ impl Connection {
         }
         self.deadlines.clear();
         self.error = Some(error);
+    }
+}
+
+/// A received envelope as [`Connection::dispatch`] reads it: borrowed from
+/// its frame ([`EnvelopeView`], the byte-stream path) or owned (gRPC, and
+/// envelopes that waited in the reorder buffer). Both give the same answers;
+/// the owned [`Envelope`] is built from a view only when an event or an
+/// `error` reply carries it.
+trait Received: Sized {
+    fn command(&self) -> &str;
+    fn id(&self) -> &str;
+    fn rid(&self) -> &str;
+    /// [`unpack`] (for a view, [`EnvelopeView::unpack`]: same results).
+    fn unpack_as<M: WireMessage>(&self, validation: Validation) -> Result<M, CommandError>;
+    fn into_id(self) -> String;
+    fn into_envelope(self) -> Envelope;
+}
+
+impl Received for Envelope {
+    fn command(&self) -> &str {
+        &self.command
+    }
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn rid(&self) -> &str {
+        &self.rid
+    }
+
+    fn unpack_as<M: WireMessage>(&self, validation: Validation) -> Result<M, CommandError> {
+        unpack(self, validation)
+    }
+
+    fn into_id(self) -> String {
+        self.id
+    }
+
+    fn into_envelope(self) -> Envelope {
+        self
+    }
+}
+
+impl Received for EnvelopeView<'_> {
+    fn command(&self) -> &str {
+        EnvelopeView::command(self)
+    }
+
+    fn id(&self) -> &str {
+        EnvelopeView::id(self)
+    }
+
+    fn rid(&self) -> &str {
+        EnvelopeView::rid(self)
+    }
+
+    fn unpack_as<M: WireMessage>(&self, validation: Validation) -> Result<M, CommandError> {
+        EnvelopeView::unpack(self, validation)
+    }
+
+    fn into_id(self) -> String {
+        EnvelopeView::id(&self).to_owned()
+    }
+
+    fn into_envelope(self) -> Envelope {
+        self.to_envelope()
     }
 }
 

@@ -624,3 +624,216 @@ fn frame_timeout_restarts_for_the_next_partial_frame() {
     assert_eq!(server.poll_timeout(), None);
     assert_eq!(events(&mut server).len(), 2);
 }
+
+#[test]
+fn held_chunk_out_of_order_still_shares_the_message() {
+    let now = Instant::now();
+    let (mut client, mut server) = pair(now);
+    let id = client
+        .upload(
+            &UploadRequest::default(),
+            Bytes::from(vec![5u8; 10]),
+            false,
+            now,
+        )
+        .unwrap();
+    // upload (0), beginstream (1), stream (2), endstream (3): deliver the
+    // chunk and the end before the begin, so both wait in the buffer.
+    let frames: Vec<BytesMut> = std::iter::from_fn(|| client.poll_envelope())
+        .map(|e| raw_frame(&e))
+        .collect();
+    assert_eq!(frames.len(), 4);
+    let mut wire = BytesMut::new();
+    for i in [0, 2, 3, 1] {
+        wire.extend_from_slice(&frames[i]);
+    }
+    let message = wire.freeze();
+    let range = message.as_ptr_range();
+    server.handle_message(message, now).unwrap();
+    let events = events(&mut server);
+    let [
+        Event::Request { .. },
+        Event::StreamStarted { .. },
+        Event::StreamChunk { rid, data },
+        Event::StreamEnded { .. },
+    ] = &events[..]
+    else {
+        panic!("{events:?}");
+    };
+    assert_eq!((rid, &data[..]), (&id, &[5u8; 10][..]));
+    assert!(range.contains(&data.as_ptr()));
+}
+
+mod same_as_owned {
+    //! The byte-stream path (frames read through `EnvelopeView`) and the
+    //! owned path (`handle_envelope`, as gRPC) must react identically.
+
+    use super::*;
+    use crate::proto::google::protobuf::Any;
+    use crate::proto::{BeginStream, EndStream, QueryResponse, Stream, UploadRequest};
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use prost::{Message, Name};
+
+    fn any_of<M: Message + Name>(message: &M) -> Any {
+        Any {
+            type_url: M::type_url(),
+            value: message.encode_to_vec().into(),
+        }
+    }
+
+    fn arb_data() -> impl Strategy<Value = Option<Any>> {
+        let data = prop_oneof![
+            Just(any_of(&Stream {
+                data: Bytes::from_static(b"chunk")
+            })),
+            Just(any_of(&BeginStream::default())),
+            Just(any_of(&EndStream::default())),
+            Just(any_of(&PingRequest::default())),
+            Just(any_of(&ErrorResponse {
+                message: "no".into(),
+                code: 3,
+                stack: String::new()
+            })),
+            Just(any_of(&UploadRequest::default())),
+            Just(any_of(&QueryResponse {
+                results: "[]".into()
+            })),
+            (".{0,12}", vec(any::<u8>(), 0..12)).prop_map(|(type_url, value)| Any {
+                type_url,
+                value: value.into(),
+            }),
+            vec(any::<u8>(), 0..12).prop_map(|value| Any {
+                type_url: String::new(),
+                value: value.into(),
+            }),
+        ];
+        proptest::option::of(data)
+    }
+
+    fn arb_envelope() -> impl Strategy<Value = Envelope> {
+        let command = prop_oneof![
+            Just("ping"),
+            Just("pong"),
+            Just("stream"),
+            Just("beginstream"),
+            Just("endstream"),
+            Just("error"),
+            Just("upload"),
+            Just("queryreply"),
+            Just("nosuchcommand"),
+            Just(""),
+        ];
+        let name = prop_oneof![Just(""), Just("a"), Just("b"), Just("c")];
+        (command, name.clone(), name, 0..8i32, arb_data()).prop_map(
+            |(command, id, rid, seq, data)| Envelope {
+                command: command.to_owned(),
+                id: id.to_owned(),
+                rid: rid.to_owned(),
+                seq,
+                data,
+                ..Envelope::default()
+            },
+        )
+    }
+
+    /// Everything a connection reported: events, queued envelopes, error.
+    fn outcome(conn: &mut Connection) -> (Vec<Event>, Vec<Envelope>, Option<Error>) {
+        (
+            events(conn),
+            std::iter::from_fn(|| conn.poll_envelope()).collect(),
+            conn.error().cloned(),
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn prop_frames_and_envelopes_give_the_same_outcome(
+            envelopes in vec(arb_envelope(), 0..12),
+            role in prop_oneof![Just(Role::Client), Just(Role::Server)],
+            strict in any::<bool>(),
+            answer_pings in any::<bool>(),
+        ) {
+            let now = Instant::now();
+            let mut config = ConnectionConfig::default();
+            config
+                .set_keepalive_interval(None)
+                .set_answer_pings(answer_pings)
+                .set_validation(if strict { Validation::Strict } else { Validation::Lenient });
+            let mut framed = Connection::new(role, config.clone(), now);
+            let mut owned = Connection::new(role, config, now);
+            // Pending requests on both, so that replies have something to match.
+            for id in ["a", "b"] {
+                for conn in [&mut framed, &mut owned] {
+                    let request = Envelope { id: id.into(), ..pack(&QueryRequest::default()) };
+                    conn.send(request, now).unwrap();
+                }
+            }
+            let mut wire = BytesMut::new();
+            for envelope in &envelopes {
+                wire.extend_from_slice(&raw_frame(envelope));
+            }
+            let framed_result = framed.handle_message(wire.freeze(), now);
+            let mut owned_result = Ok(());
+            for envelope in envelopes {
+                owned_result = owned.handle_envelope(envelope, now);
+                if owned_result.is_err() {
+                    break;
+                }
+            }
+            prop_assert_eq!(framed_result, owned_result);
+            prop_assert_eq!(outcome(&mut framed), outcome(&mut owned));
+        }
+    }
+}
+
+#[test]
+fn requests_with_chosen_ids_each_keep_their_deadline() {
+    let now = Instant::now();
+    let (mut client, _) = pair(now);
+    for id in ["x", "y"] {
+        let request = Envelope {
+            id: id.into(),
+            ..pack(&QueryRequest::default())
+        };
+        client.send(request, now).unwrap();
+    }
+    client
+        .handle_timeout(now + Duration::from_secs(60))
+        .unwrap();
+    let failed: Vec<String> = events(&mut client)
+        .into_iter()
+        .map(|e| match e {
+            Event::RequestFailed { request_id, .. } => request_id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(failed, ["x", "y"]);
+    assert_eq!(client.pending_requests(), 0);
+}
+
+#[test]
+fn shut_down_fails_pending_requests_in_send_order() {
+    let now = Instant::now();
+    let mut config = ConnectionConfig::default();
+    config.set_request_timeout(None);
+    let mut client = Connection::new(Role::Client, config, now);
+    let ids: Vec<String> = (0..20)
+        .map(|i| {
+            let request = Envelope {
+                id: format!("r{i}"),
+                ..pack(&QueryRequest::default())
+            };
+            client.send(request, now).unwrap()
+        })
+        .collect();
+    client.handle_eof().unwrap();
+    let failed: Vec<String> = events(&mut client)
+        .into_iter()
+        .map(|e| match e {
+            Event::RequestFailed { request_id, .. } => request_id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(failed, ids);
+}
