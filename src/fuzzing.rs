@@ -10,6 +10,7 @@ use bytes::{Bytes, BytesMut};
 use crate::command::{Payload, Validation};
 use crate::connection::{Connection, ConnectionConfig, Role};
 use crate::envelope::{decode_envelope, encode_envelope, payload};
+use crate::view::EnvelopeView;
 
 pub use crate::frame::fuzz_decode as frame_decoder;
 pub use crate::reorder::fuzz_reorder as reorder;
@@ -17,9 +18,17 @@ pub use crate::stream::fuzz_stream as stream;
 
 /// Envelope decoding, command/type_url validation in both policies and
 /// payload decoding; whatever decodes must survive an encode/decode round
-/// trip unchanged.
+/// trip unchanged, and the borrowed [`EnvelopeView`] must agree with prost:
+/// both accept the same frames and read the same fields.
 pub fn envelope(data: &[u8]) {
-    let Ok(envelope) = decode_envelope(Bytes::copy_from_slice(data)) else {
+    let frame = Bytes::copy_from_slice(data);
+    let decoded = decode_envelope(frame.clone());
+    match (EnvelopeView::parse(&frame), &decoded) {
+        (Ok(view), Ok(owned)) => assert_eq!(&view.to_envelope(), owned, "view and prost differ"),
+        (Err(_), Err(_)) => {}
+        (view, owned) => panic!("view {view:?} but prost {owned:?}"),
+    }
+    let Ok(envelope) = decoded else {
         return;
     };
     let again = decode_envelope(encode_envelope(&envelope));
