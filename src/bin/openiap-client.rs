@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use openiap_wire::client::{Client, Direction, Progress};
+use openiap_wire::client::{Client, Direction, Progress, bench};
 use openiap_wire::server::{DEV_USERNAME, Server, ServerConfig};
 use openiap_wire::transport::Endpoint;
 use serde_json::json;
@@ -80,10 +80,6 @@ enum Command {
 }
 
 type Failure = Box<dyn std::error::Error>;
-
-fn mib_per_s(bytes: u64, elapsed: Duration) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-9)
-}
 
 async fn signed_in(args: &Args) -> Result<Client, Failure> {
     let mut client = Client::connect(&args.url).await?;
@@ -167,7 +163,7 @@ async fn run(args: &Args) -> Result<serde_json::Value, Failure> {
             let bytes = std::fs::metadata(file)?.len();
             Ok(
                 json!({"command": "upload", "id": reply.id, "filename": reply.filename,
-                "bytes": bytes, "mib_per_s": mib_per_s(bytes, elapsed)}),
+                "bytes": bytes, "mib_per_s": bench::mib_per_s(bytes, elapsed)}),
             )
         }
         Command::Download { id, out } => {
@@ -206,46 +202,12 @@ async fn run(args: &Args) -> Result<serde_json::Value, Failure> {
                 json!({"command": "download", "id": id, "path": path.display().to_string(),
                 "bytes": done.summary.bytes, "sha256": done.summary.sha256,
                 "checksum_verified": done.summary.checksum_verified,
-                "mib_per_s": mib_per_s(done.summary.bytes, elapsed)}),
+                "mib_per_s": bench::mib_per_s(done.summary.bytes, elapsed)}),
             )
         }
         Command::Bench { size_mib, pings } => bench(args, *size_mib, *pings).await,
         Command::Demo { size_mib, pings } => demo(*size_mib, *pings, args.json).await,
     }
-}
-
-/// Deterministic content (xorshift32), written in 1 MiB pieces.
-fn write_content(path: &Path, len: u64) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut x: u32 = 0x9E37_79B9;
-    let mut left = len;
-    let mut block = Vec::with_capacity(1 << 20);
-    while left > 0 {
-        block.clear();
-        while block.len() < (1 << 20) {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            block.extend_from_slice(&x.to_le_bytes());
-        }
-        let take = usize::try_from(left.min(1 << 20)).unwrap_or(1 << 20);
-        file.write_all(block.get(..take).unwrap_or(&block))?;
-        left -= take as u64;
-    }
-    file.flush()
-}
-
-fn file_sha256(path: &Path) -> std::io::Result<String> {
-    use sha2::Digest;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
 }
 
 /// Pings, a checksummed upload of `source` and its download: one table row.
@@ -256,27 +218,11 @@ async fn measure(
     source_sha: &str,
     work: &Path,
 ) -> Result<serde_json::Value, Failure> {
-    let endpoint = client.endpoint().clone();
-    let started = Instant::now();
-    for _ in 0..pings {
-        client.ping().await?;
-    }
-    let pings_per_s = f64::from(pings) / started.elapsed().as_secs_f64().max(1e-9);
-    let bytes = std::fs::metadata(source)?.len();
-    let started = Instant::now();
-    let uploaded = client.upload(source).await?;
-    let upload = mib_per_s(bytes, started.elapsed());
-    let out = work.join(format!("download-{}.bin", endpoint.transport()));
-    let started = Instant::now();
-    let done = client.download(&uploaded.id, &out).await?;
-    let download = mib_per_s(bytes, started.elapsed());
-    let checksum_ok = done.summary.checksum_verified && file_sha256(&out)? == source_sha;
-    std::fs::remove_file(&out)?;
-    Ok(
-        json!({"transport": endpoint.transport(), "url": endpoint.to_string(),
-        "pings_per_s": pings_per_s, "upload_mib_per_s": upload,
-        "download_mib_per_s": download, "checksum_ok": checksum_ok}),
-    )
+    let m = bench::measure(client, pings, source, source_sha, work).await?;
+    Ok(json!({"transport": m.transport, "url": m.url,
+        "pings": m.pings, "pings_per_s": m.pings_per_s(), "bytes": m.bytes,
+        "upload_mib_per_s": m.upload_mib_per_s(), "download_mib_per_s": m.download_mib_per_s(),
+        "checksum_ok": m.checksum_ok}))
 }
 
 async fn demo_transport(
@@ -336,8 +282,8 @@ async fn bench(args: &Args, size_mib: u32, pings: u32) -> Result<serde_json::Val
     let (work, _) = scratch_dir("bench")?;
     let result = async {
         let source = work.join("bench.bin");
-        write_content(&source, u64::from(size_mib) << 20)?;
-        let sha = file_sha256(&source)?;
+        bench::write_content(&source, u64::from(size_mib) << 20)?;
+        let sha = bench::file_sha256(&source)?;
         measure(&mut client, pings, &source, &sha, &work).await
     }
     .await;
@@ -384,8 +330,8 @@ async fn demo_in(
         let _ = stopped.await;
     }));
     let source = work.join("demo.bin");
-    write_content(&source, u64::from(size_mib) << 20)?;
-    let source_sha = file_sha256(&source)?;
+    bench::write_content(&source, u64::from(size_mib) << 20)?;
+    let source_sha = bench::file_sha256(&source)?;
     if !quiet {
         print!("openiap-wire demo: ");
         print_header(size_mib, pings);
@@ -416,8 +362,20 @@ async fn demo_in(
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// One connection needs one thread: a current-thread runtime wakes the
+/// task that waits for a reply on the thread that polled the socket, with no
+/// hand-over between threads (a ping round trip is shorter). The demo also
+/// runs the server, so it gets a worker per core.
+fn runtime(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    match command {
+        Command::Demo { .. } => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    }
+    .enable_all()
+    .build()
+}
+
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -425,7 +383,11 @@ async fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
-    match run(&args).await {
+    let outcome = match runtime(&args.command) {
+        Ok(rt) => rt.block_on(run(&args)),
+        Err(e) => Err(e.into()),
+    };
+    match outcome {
         Ok(report) => {
             if args.json {
                 println!("{report}");

@@ -48,6 +48,10 @@ pub enum Status {
 pub struct Driver<T> {
     io: T,
     timer: Pin<Box<Sleep>>,
+    /// When `timer` fires, if it is armed. Deadlines that move later (the
+    /// idle and keepalive clocks, at every envelope) leave it alone: it
+    /// fires early, finds nothing due and is re-armed.
+    armed: Option<Instant>,
 }
 
 impl<T> std::fmt::Debug for Driver<T> {
@@ -62,6 +66,7 @@ impl<T: Transport> Driver<T> {
         Self {
             io,
             timer: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
+            armed: None,
         }
     }
 
@@ -105,12 +110,26 @@ impl<T: Transport> Driver<T> {
                 Poll::Pending => {}
             }
             if let Some(at) = conn.poll_timeout() {
-                self.timer.as_mut().reset(at.into());
-                if self.timer.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(match conn.handle_timeout(Instant::now()) {
-                        Ok(()) => Ok(Status::Progress),
-                        Err(e) => Err(TransportError::Protocol(e)),
-                    });
+                if self.armed.is_none_or(|armed| at < armed) {
+                    self.timer.as_mut().reset(at.into());
+                    self.armed = Some(at);
+                }
+                while self.timer.as_mut().poll(cx).is_ready() {
+                    let now = Instant::now();
+                    match conn.poll_timeout() {
+                        // Fired for a deadline that has since moved on.
+                        Some(next) if next > now => {
+                            self.timer.as_mut().reset(next.into());
+                            self.armed = Some(next);
+                        }
+                        _ => {
+                            self.armed = None;
+                            return Poll::Ready(match conn.handle_timeout(now) {
+                                Ok(()) => Ok(Status::Progress),
+                                Err(e) => Err(TransportError::Protocol(e)),
+                            });
+                        }
+                    }
                 }
             }
             if had_transmit && !conn.has_transmit() {

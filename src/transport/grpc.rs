@@ -20,6 +20,8 @@
 //! | envelopes queued towards tonic | [`OUTGOING_QUEUE`] per call               |
 //! | calls per HTTP/2 connection   | [`MAX_CALLS_PER_CONNECTION`]               |
 //! | calls waiting to be accepted  | [`ACCEPT_QUEUE`]                           |
+//! | HTTP/2 windows (call, connection) | [`STREAM_WINDOW`], [`CONNECTION_WINDOW`] (static: adaptive windows start at 64 KiB and send a BDP ping with data) |
+//! | server send buffer per call   | [`SEND_BUFFER`]                            |
 //!
 //! The server speaks HTTP/2 through hyper directly (tonic's own server
 //! needs its router); on shutdown every connection gets a GOAWAY, calls in
@@ -75,6 +77,19 @@ pub const MAX_CALLS_PER_CONNECTION: u32 = 16;
 /// Calls accepted by HTTP/2 but not yet taken by the server's accept loop;
 /// a call waits (backpressure) when the queue is full.
 pub const ACCEPT_QUEUE: usize = 64;
+
+/// HTTP/2 flow-control window of one call, both sides: 4 MiB, sixteen file
+/// chunks in flight, so a transfer never waits for a WINDOW_UPDATE (the
+/// HTTP/2 default is 64 KiB). It bounds what the peer may send ahead of
+/// what we read.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+
+/// HTTP/2 flow-control window of one connection (all its calls): 8 MiB.
+pub const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
+
+/// Bytes the server's HTTP/2 layer buffers per call before it stops taking
+/// more from the session: 1 MiB, four file chunks.
+pub const SEND_BUFFER: usize = 1024 * 1024;
 
 /// How long HTTP/2 connections may take to finish their calls after the
 /// server stopped, before they are dropped.
@@ -133,7 +148,8 @@ impl GrpcStream {
         let channel = tonic::transport::Endpoint::from_shared(uri)
             .map_err(|e| Status::invalid_argument(e.to_string()))?
             .tcp_nodelay(true)
-            .http2_adaptive_window(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .connect()
             .await
             .map_err(|e| Status::unavailable(with_sources(&e)))?;
@@ -388,7 +404,9 @@ async fn serve_connection(
     });
     let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .adaptive_window(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_send_buf_size(SEND_BUFFER)
         .max_concurrent_streams(MAX_CALLS_PER_CONNECTION)
         .serve_connection(TokioIo::new(tcp), service);
     let mut connection = std::pin::pin!(connection);

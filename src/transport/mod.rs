@@ -66,13 +66,13 @@ pub use self::driver::{Driver, RECV_PAUSE_QUEUE, Status};
 #[cfg(feature = "transport-grpc")]
 pub use self::grpc::GrpcStream;
 pub use self::listen::{Accepted, Incoming, Listener};
-pub use self::stream::ByteStream;
+pub use self::stream::{ByteStream, LARGE_FRAME, RESERVE_FLOOR, SPLIT_PAYLOAD};
 pub use self::url::{
     DEFAULT_REST_PATH, DEFAULT_WS_PATH, Endpoint, GRPC_TLS_PORT, MAX_PIPE_NAME_LEN, PIPE_PREFIX,
     UrlError,
 };
 #[cfg(feature = "transport-ws")]
-pub use self::ws::WsStream;
+pub use self::ws::{WS_READ_SIZE, WsStream};
 use crate::connection::Connection;
 
 /// Default [`TransportConfig::max_message_size`]: 8 MiB per WebSocket

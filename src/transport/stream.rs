@@ -2,28 +2,135 @@
 //! [`Transport`].
 //!
 //! ```text
-//!   io ──poll_read_buf──► conn.read_buf() ──handle_read──► frames
-//!   io ◄──poll_write───── out ◄──poll_transmit (one batch at a time)
+//!   io ──poll_read_buf──────► conn.read_buf() ──handle_read──► frames
+//!   io ◄──poll_write_vectored── segments ◄──frame── conn.poll_envelope (one batch at a time)
 //! ```
+//!
+//! # Writes
+//!
+//! Envelopes are framed here, byte for byte as
+//! [`encode_frame`](crate::frame::encode_frame) does, up to
+//! [`TRANSMIT_BATCH`] bytes at a time. Small frames are packed into one
+//! buffer; a payload of at least [`SPLIT_PAYLOAD`] bytes (a file chunk) is
+//! not copied: its frame goes out as the bytes before it, the payload's own
+//! buffer and the bytes after it, in one vectored write.
+//!
+//! # Read sizes
+//!
+//! The stream watches the length prefixes go by (advisory only: the
+//! connection's decoder still checks every frame), so it knows how much of
+//! the current frame is missing. Small frames are read with the decoder's
+//! own step. Inside a large frame (at least [`LARGE_FRAME`] bytes) it
+//! reserves room for the rest of that frame, at most [`RESERVE_FLOOR`] or
+//! twice what has arrived of it, and reads no further than the frame's end:
+//!
+//! | without                                                  | with                                   |
+//! |----------------------------------------------------------|----------------------------------------|
+//! | the buffer regrows 8, 16, ... 512 KiB inside every 256 KiB frame: about 500 KiB copied per frame | one reservation per frame; 8 KiB copied |
+//! | reads straddle frames, so the decoder keeps a large buffer for the next one | a frame ends a read, the decoder frees the buffer with the frame |
+//!
+//! Memory still follows the bytes received: a prefix that declares a large
+//! frame reserves at most [`RESERVE_FLOOR`] until its bytes arrive.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use bytes::{Buf, BytesMut};
+use std::collections::VecDeque;
+use std::io::IoSlice;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Recv, Transport, TransportError};
-use crate::connection::Connection;
+use crate::connection::{Connection, TRANSMIT_BATCH};
+use crate::frame::{LENGTH_PREFIX_LEN, encode_frame};
+use crate::proto::Envelope;
+use crate::proto::google::protobuf::Any;
+
+/// Frames at least this long are read with a reservation for their rest
+/// (see the [module docs](self)); smaller ones use the decoder's step.
+pub const LARGE_FRAME: usize = 64 * 1024;
+
+/// The most a large frame's reservation may exceed what has arrived of it
+/// (twice what has arrived, or this, whichever is larger): one default file
+/// chunk (256 KiB) with its envelope.
+pub const RESERVE_FLOOR: usize = 256 * 1024 + 1024;
+
+/// Payloads (`Any.value`) at least this long are written from their own
+/// buffer instead of being copied into the frame (see the
+/// [module docs](self)).
+pub const SPLIT_PAYLOAD: usize = 16 * 1024;
+
+/// Most segments handed to one vectored write.
+const MAX_SEGMENTS: usize = 64;
+
+/// Where the byte stream stands relative to the frames in it; advisory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct FrameTracker {
+    /// Prefix bytes seen of the next frame (0 to 3).
+    prefix_len: usize,
+    prefix: [u8; LENGTH_PREFIX_LEN],
+    /// Body bytes of the current frame still to come.
+    body_left: usize,
+    /// Body bytes of the current frame already seen.
+    body_seen: usize,
+}
+
+impl FrameTracker {
+    /// Follows `data`, the bytes just read.
+    fn follow(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.body_left > 0 {
+                let take = self.body_left.min(data.len());
+                self.body_left -= take;
+                self.body_seen += take;
+                data = data.get(take..).unwrap_or_default();
+                continue;
+            }
+            let take = (LENGTH_PREFIX_LEN - self.prefix_len).min(data.len());
+            for (slot, byte) in self.prefix[self.prefix_len..].iter_mut().zip(data) {
+                *slot = *byte;
+            }
+            self.prefix_len += take;
+            data = data.get(take..).unwrap_or_default();
+            if self.prefix_len == LENGTH_PREFIX_LEN {
+                self.prefix_len = 0;
+                self.body_seen = 0;
+                self.body_left = usize::try_from(u32::from_le_bytes(self.prefix)).unwrap_or(0);
+            }
+        }
+    }
+
+    /// How many bytes to read next, if the current frame is large: the
+    /// rest of it, bounded by what may be reserved before it arrives.
+    fn large_read(&self) -> Option<usize> {
+        let frame = self.body_seen.saturating_add(self.body_left);
+        if self.body_left == 0 || frame < LARGE_FRAME {
+            return None;
+        }
+        let allowance = self.body_seen.saturating_mul(2).max(RESERVE_FLOOR);
+        Some(self.body_left.min(allowance))
+    }
+}
 
 /// A byte-stream socket driven as a [`Transport`]: reads go straight into
-/// the connection's receive buffer, writes take one
-/// [`poll_transmit`](Connection::poll_transmit) batch at a time.
+/// the connection's receive buffer; writes frame one batch of the
+/// connection's envelopes at a time (see the [module docs](self)).
 #[derive(Debug)]
 pub struct ByteStream<S> {
     io: S,
-    out: BytesMut,
+    /// Frame bytes being assembled: small frames, and the bytes around a
+    /// large payload.
+    staging: BytesMut,
+    /// Framed bytes waiting to be written, in order.
+    segments: VecDeque<Bytes>,
+    /// Bytes in `segments`.
+    queued: usize,
+    frames: FrameTracker,
 }
 
 impl<S> ByteStream<S> {
@@ -31,7 +138,10 @@ impl<S> ByteStream<S> {
     pub fn new(io: S) -> Self {
         Self {
             io,
-            out: BytesMut::new(),
+            staging: BytesMut::new(),
+            segments: VecDeque::new(),
+            queued: 0,
+            frames: FrameTracker::default(),
         }
     }
 
@@ -42,7 +152,97 @@ impl<S> ByteStream<S> {
 
     /// Bytes taken from the connection and not yet written.
     pub fn unsent(&self) -> usize {
-        self.out.len()
+        self.queued + self.staging.len()
+    }
+
+    /// Frames envelopes from `conn` until a batch is ready.
+    fn fill(&mut self, conn: &mut Connection) {
+        while self.unsent() < TRANSMIT_BATCH {
+            let Some(envelope) = conn.poll_envelope() else {
+                break;
+            };
+            self.frame(envelope);
+        }
+        self.seal();
+    }
+
+    /// Moves the staged bytes to the segments.
+    fn seal(&mut self) {
+        if !self.staging.is_empty() {
+            let staged = self.staging.split().freeze();
+            self.push(staged);
+        }
+    }
+
+    fn push(&mut self, segment: Bytes) {
+        self.queued += segment.len();
+        self.segments.push_back(segment);
+    }
+
+    /// Frames one envelope: the same bytes as `encode_frame`, with a large
+    /// payload left in its own buffer.
+    fn frame(&mut self, mut envelope: Envelope) {
+        let split = envelope
+            .data
+            .as_ref()
+            .is_some_and(|any| any.value.len() >= SPLIT_PAYLOAD);
+        let Some(Any { type_url, value }) = envelope.data.take_if(|_| split) else {
+            // `send` checked the size against the max frame length, so
+            // this cannot fail; an unlimited bound keeps it infallible.
+            let _ = encode_frame(&envelope, usize::MAX, &mut self.staging);
+            return;
+        };
+        // Fields 1-5 come before `data` (6), fields 7-9 after it.
+        let after = Envelope {
+            jwt: std::mem::take(&mut envelope.jwt),
+            traceid: std::mem::take(&mut envelope.traceid),
+            spanid: std::mem::take(&mut envelope.spanid),
+            ..Envelope::default()
+        };
+        let url_len = if type_url.is_empty() {
+            0
+        } else {
+            key_len(1) + encoded_len_varint(type_url.len() as u64) + type_url.len()
+        };
+        let any_len = url_len + key_len(2) + encoded_len_varint(value.len() as u64) + value.len();
+        let body_len = envelope.encoded_len()
+            + key_len(6)
+            + encoded_len_varint(any_len as u64)
+            + any_len
+            + after.encoded_len();
+        let Ok(prefix) = u32::try_from(body_len) else {
+            return;
+        };
+        self.staging
+            .reserve(LENGTH_PREFIX_LEN + body_len - value.len() - after.encoded_len());
+        self.staging.put_u32_le(prefix);
+        envelope.encode_raw(&mut self.staging);
+        encode_key(6, WireType::LengthDelimited, &mut self.staging);
+        encode_varint(any_len as u64, &mut self.staging);
+        if !type_url.is_empty() {
+            prost::encoding::string::encode(1, &type_url, &mut self.staging);
+        }
+        encode_key(2, WireType::LengthDelimited, &mut self.staging);
+        encode_varint(value.len() as u64, &mut self.staging);
+        self.seal();
+        self.push(value);
+        after.encode_raw(&mut self.staging);
+    }
+
+    /// Drops the first `n` bytes of the segments (they were written).
+    fn advance(&mut self, mut n: usize) {
+        self.queued -= n.min(self.queued);
+        while n > 0 {
+            let Some(front) = self.segments.front_mut() else {
+                return;
+            };
+            if front.len() > n {
+                front.advance(n);
+                return;
+            }
+            n -= front.len();
+            self.segments.pop_front();
+        }
     }
 }
 
@@ -53,14 +253,31 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for ByteStream<S> {
         conn: &mut Connection,
         now: Instant,
     ) -> Poll<Result<Recv, TransportError>> {
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.io),
-            cx,
-            conn.read_buf()
-        ))?;
+        let buf = conn.read_buf();
+        let start = buf.len();
+        let n = match self.frames.large_read() {
+            Some(want) => {
+                if buf.capacity() - buf.len() < want {
+                    buf.reserve(want);
+                }
+                let mut limited = (&mut *buf).limit(want);
+                ready!(tokio_util::io::poll_read_buf(
+                    Pin::new(&mut self.io),
+                    cx,
+                    &mut limited
+                ))?
+            }
+            None => ready!(tokio_util::io::poll_read_buf(
+                Pin::new(&mut self.io),
+                cx,
+                buf
+            ))?,
+        };
         if n == 0 {
             return Poll::Ready(Ok(Recv::Eof));
         }
+        self.frames
+            .follow(buf.get(start..start + n).unwrap_or_default());
         conn.handle_read(now)?;
         Poll::Ready(Ok(Recv::Data))
     }
@@ -71,19 +288,27 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for ByteStream<S> {
         conn: &mut Connection,
     ) -> Poll<Result<(), TransportError>> {
         loop {
-            if self.out.is_empty() {
-                self.out.clear();
-                conn.poll_transmit(&mut self.out);
-                if self.out.is_empty() {
+            if self.segments.is_empty() {
+                self.fill(conn);
+                if self.segments.is_empty() {
                     ready!(Pin::new(&mut self.io).poll_flush(cx))?;
                     return Poll::Ready(Ok(()));
                 }
             }
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out))?;
+            let mut slices = [IoSlice::new(&[]); MAX_SEGMENTS];
+            let mut count = 0;
+            for (slice, segment) in slices.iter_mut().zip(&self.segments) {
+                *slice = IoSlice::new(segment);
+                count += 1;
+            }
+            let n = ready!(
+                Pin::new(&mut self.io)
+                    .poll_write_vectored(cx, slices.get(..count).unwrap_or_default())
+            )?;
             if n == 0 {
                 return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
             }
-            self.out.advance(n.min(self.out.len()));
+            self.advance(n);
         }
     }
 
@@ -94,8 +319,6 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for ByteStream<S> {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
     use crate::connection::{ConnectionConfig, Event, Role};
     use crate::transport::{Driver, Status};
@@ -134,6 +357,109 @@ mod tests {
         assert_eq!(verified, Some(true));
         assert_eq!(received, data);
         sender.await.unwrap();
+    }
+
+    /// The envelope and what `encode_frame` makes of it, for the framing
+    /// property below.
+    fn framed_by_both(envelope: &Envelope) -> (Vec<u8>, Vec<u8>) {
+        let mut expected = BytesMut::new();
+        encode_frame(envelope, usize::MAX, &mut expected).unwrap();
+        let (a, _b) = tokio::io::duplex(64);
+        let mut stream = ByteStream::new(a);
+        stream.frame(envelope.clone());
+        stream.seal();
+        let got: Vec<u8> = stream.segments.iter().flat_map(|s| s.to_vec()).collect();
+        assert_eq!(stream.unsent(), got.len());
+        (got, expected.to_vec())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn framing_matches_encode_frame(
+            command in "[a-z]{0,12}",
+            seq in proptest::prelude::any::<i32>(),
+            priority in proptest::prelude::any::<i32>(),
+            id in "[a-z0-9]{0,10}",
+            rid in "[a-z0-9]{0,10}",
+            jwt in "[a-zA-Z0-9.]{0,40}",
+            traceid in "[a-f0-9]{0,8}",
+            spanid in "[a-f0-9]{0,8}",
+            type_url in proptest::option::of("[a-zA-Z./]{0,40}"),
+            len in proptest::prop_oneof![
+                0usize..64,
+                (SPLIT_PAYLOAD - 2)..(SPLIT_PAYLOAD + 2),
+                200_000usize..300_000,
+            ],
+        ) {
+            let envelope = Envelope {
+                command, priority, seq, id, rid, jwt, traceid, spanid,
+                data: type_url.map(|type_url| Any {
+                    type_url,
+                    value: (0..len).map(|i| (i % 253) as u8).collect(),
+                }),
+            };
+            let (got, expected) = framed_by_both(&envelope);
+            proptest::prop_assert!(got == expected, "{} vs {} bytes", got.len(), expected.len());
+        }
+    }
+
+    #[test]
+    fn a_large_payload_is_its_own_segment() {
+        let payload = Bytes::from(vec![7u8; SPLIT_PAYLOAD]);
+        let envelope = Envelope {
+            command: "stream".into(),
+            rid: "r1".into(),
+            jwt: "after".into(),
+            data: Some(Any {
+                type_url: String::new(),
+                value: payload.clone(),
+            }),
+            ..Envelope::default()
+        };
+        let (a, _b) = tokio::io::duplex(64);
+        let mut stream = ByteStream::new(a);
+        stream.frame(envelope.clone());
+        stream.seal();
+        assert_eq!(stream.segments.len(), 3, "before, payload, after");
+        // Not copied: the same buffer.
+        assert_eq!(stream.segments[1].as_ptr(), payload.as_ptr());
+        let (got, expected) = framed_by_both(&envelope);
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn tracker_follows_prefixes_across_reads() {
+        let mut wire = BytesMut::new();
+        for len in [3usize, 100_000, 0, 70_000] {
+            wire.put_u32_le(u32::try_from(len).unwrap());
+            wire.extend(std::iter::repeat_n(1u8, len));
+        }
+        let mut tracker = FrameTracker::default();
+        // Cut inside the second prefix, then inside its body.
+        let (first, rest) = wire.split_at(9);
+        tracker.follow(first);
+        assert_eq!(tracker.large_read(), None, "in a prefix");
+        let (second, rest) = rest.split_at(1000);
+        tracker.follow(second);
+        assert_eq!(tracker.large_read(), Some(100_000 - 998));
+        // The rest of that body, the zero-length frame, the last prefix
+        // and 10 bytes of its body.
+        let (third, rest) = rest.split_at(100_000 - 998 + 4 + 4 + 10);
+        tracker.follow(third);
+        assert_eq!(tracker.large_read(), Some(70_000 - 10));
+        tracker.follow(rest);
+        assert_eq!(tracker.large_read(), None, "between frames");
+        assert_eq!((tracker.body_left, tracker.prefix_len), (0, 0));
+    }
+
+    #[test]
+    fn a_declared_length_reserves_at_most_the_floor_before_bytes_arrive() {
+        let mut tracker = FrameTracker::default();
+        tracker.follow(&u32::MAX.to_le_bytes());
+        assert_eq!(tracker.large_read(), Some(RESERVE_FLOOR));
+        tracker.follow(&vec![0; 1_000_000]);
+        assert_eq!(tracker.large_read(), Some(2_000_000));
     }
 
     #[tokio::test]

@@ -44,13 +44,20 @@ impl<S> WsStream<S> {
     }
 }
 
-/// The tungstenite limits for receiving: one message or frame may hold a
-/// whole envelope frame, no more.
+/// Most tungstenite reads at once. tungstenite zeroes this much of its read
+/// buffer before every read, also when a 70-byte ping is all that came
+/// (its default, 128 KiB, costs a few microseconds per message); large
+/// frames take a few more reads instead.
+pub const WS_READ_SIZE: usize = 32 * 1024;
+
+/// The tungstenite settings: one message or frame may hold a whole
+/// envelope frame, no more; reads of at most [`WS_READ_SIZE`].
 pub(super) fn ws_config(config: &TransportConfig) -> WebSocketConfig {
     let max = config.max_frame_length().saturating_add(LENGTH_PREFIX_LEN);
     WebSocketConfig::default()
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
+        .read_buffer_size(WS_READ_SIZE)
 }
 
 impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for WsStream<S> {
