@@ -369,11 +369,18 @@ impl FrameParser {
     /// After a frame of `frame_len` bytes left the buffer: if the allocation
     /// it came from is large and little is left, move the leftover to a small
     /// buffer so that the large one is freed with the caller's frames.
+    #[inline]
     fn shrink(&self, buf: &mut BytesMut, frame_len: usize) {
         let allocation = frame_len.saturating_add(buf.capacity());
         if allocation <= self.config.shrink_threshold || buf.len() > self.config.read_step {
             return;
         }
+        self.move_to_small(buf);
+    }
+
+    /// The slow half of [`shrink`](Self::shrink).
+    #[inline(never)]
+    fn move_to_small(&self, buf: &mut BytesMut) {
         let mut small = BytesMut::with_capacity(self.config.read_step);
         small.extend_from_slice(buf);
         *buf = small;

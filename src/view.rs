@@ -139,17 +139,46 @@ pub enum ViewError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EnvelopeView<'a> {
     frame: &'a Bytes,
-    command: &'a str,
+    command: Text<'a>,
     priority: i32,
     seq: i32,
-    id: &'a str,
-    rid: &'a str,
+    id: Text<'a>,
+    rid: Text<'a>,
     has_data: bool,
-    type_url: &'a str,
+    type_url: Text<'a>,
     value: &'a [u8],
-    jwt: &'a str,
-    traceid: &'a str,
-    spanid: &'a str,
+    jwt: Text<'a>,
+    traceid: Text<'a>,
+    spanid: Text<'a>,
+}
+
+/// A string field that [`EnvelopeView::parse`] has checked to be UTF-8,
+/// kept as bytes: the `&str` is made when an accessor asks for it.
+///
+/// Checking is cheap for ASCII (`<[u8]>::is_ascii` reads a word at a time),
+/// but making a `&str` without `unsafe` means `str::from_utf8`, which walks
+/// the bytes again and costs about 80 instructions even for a 4-byte
+/// command. Fields nobody reads (`jwt`, `traceid`, `spanid` on most paths)
+/// never pay it, and the type URL, about 40 bytes on every envelope, is
+/// compared as bytes by [`EnvelopeView::is_type`].
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Text<'a>(&'a [u8]);
+
+impl<'a> Text<'a> {
+    #[inline]
+    fn as_str(self) -> &'a str {
+        if self.0.is_empty() {
+            return "";
+        }
+        // `parse` accepted these bytes as UTF-8, so this never falls back.
+        std::str::from_utf8(self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for Text<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 impl<'a> EnvelopeView<'a> {
@@ -163,40 +192,40 @@ impl<'a> EnvelopeView<'a> {
     pub fn parse(frame: &'a Bytes) -> Result<Self, ViewError> {
         let mut view = Self {
             frame,
-            command: "",
+            command: Text::default(),
             priority: 0,
             seq: 0,
-            id: "",
-            rid: "",
+            id: Text::default(),
+            rid: Text::default(),
             has_data: false,
-            type_url: "",
+            type_url: Text::default(),
             value: &[],
-            jwt: "",
-            traceid: "",
-            spanid: "",
+            jwt: Text::default(),
+            traceid: Text::default(),
+            spanid: Text::default(),
         };
         let mut reader = Reader::new(frame, 0);
         while !reader.at_end() {
             let key_at = reader.pos;
             let (field, wire_type) = reader.key()?;
             match (field, wire_type) {
-                (1, LEN) => view.command = reader.string("command")?,
+                (1, LEN) => view.command = reader.text("command")?,
                 (2, VARINT) => view.priority = reader.int32()?,
                 (3, VARINT) => view.seq = reader.int32()?,
-                (4, LEN) => view.id = reader.string("id")?,
-                (5, LEN) => view.rid = reader.string("rid")?,
+                (4, LEN) => view.id = reader.text("id")?,
+                (5, LEN) => view.rid = reader.text("rid")?,
                 (6, LEN) => {
                     let any = reader.len_prefixed()?;
                     let base = reader.offset().saturating_sub(any.len());
                     view.has_data = true;
                     view.merge_any(any, base)?;
                 }
-                (7, LEN) => view.jwt = reader.string("jwt")?,
-                (8, LEN) => view.traceid = reader.string("traceid")?,
-                (9, LEN) => view.spanid = reader.string("spanid")?,
+                (7, LEN) => view.jwt = reader.text("jwt")?,
+                (8, LEN) => view.traceid = reader.text("traceid")?,
+                (9, LEN) => view.spanid = reader.text("spanid")?,
                 (2 | 3, _) => return Err(reader.wire_type_error(key_at, field, VARINT, wire_type)),
                 (1..=9, _) => return Err(reader.wire_type_error(key_at, field, LEN, wire_type)),
-                _ => reader.skip(field, wire_type, key_at, RECURSION_LIMIT)?,
+                _ => reader.pos = reader.skip(field, wire_type, key_at, RECURSION_LIMIT)?,
             }
         }
         Ok(view)
@@ -204,16 +233,17 @@ impl<'a> EnvelopeView<'a> {
 
     /// Merges one occurrence of the `data` field, as protobuf merges a
     /// repeated message field: each inner field present overwrites.
+    #[inline(always)]
     fn merge_any(&mut self, any: &'a [u8], base: usize) -> Result<(), ViewError> {
         let mut reader = Reader::new(any, base);
         while !reader.at_end() {
             let key_at = reader.pos;
             let (field, wire_type) = reader.key()?;
             match (field, wire_type) {
-                (1, LEN) => self.type_url = reader.string("type_url")?,
+                (1, LEN) => self.type_url = reader.text("type_url")?,
                 (2, LEN) => self.value = reader.len_prefixed()?,
                 (1 | 2, _) => return Err(reader.wire_type_error(key_at, field, LEN, wire_type)),
-                _ => reader.skip(field, wire_type, key_at, RECURSION_LIMIT - 1)?,
+                _ => reader.pos = reader.skip(field, wire_type, key_at, RECURSION_LIMIT - 1)?,
             }
         }
         Ok(())
@@ -225,8 +255,12 @@ impl<'a> EnvelopeView<'a> {
     }
 
     /// Field 1, `command`.
+    ///
+    /// Every string accessor makes its `&str` on each call (a UTF-8 pass
+    /// over bytes that [`parse`](Self::parse) already checked); keep the
+    /// result when you need it more than once.
     pub fn command(&self) -> &'a str {
-        self.command
+        self.command.as_str()
     }
 
     /// Field 2, `priority`.
@@ -241,12 +275,12 @@ impl<'a> EnvelopeView<'a> {
 
     /// Field 4, `id`.
     pub fn id(&self) -> &'a str {
-        self.id
+        self.id.as_str()
     }
 
     /// Field 5, `rid`.
     pub fn rid(&self) -> &'a str {
-        self.rid
+        self.rid.as_str()
     }
 
     /// Whether field 6, `data`, is present (possibly as an empty `Any`).
@@ -257,13 +291,13 @@ impl<'a> EnvelopeView<'a> {
 
     /// `data.type_url`; empty when there is no data.
     pub fn type_url(&self) -> &'a str {
-        self.type_url
+        self.type_url.as_str()
     }
 
     /// The schema name the type URL points at (`"openiap.PingRequest"` ->
     /// `"PingRequest"`), as [`command::type_name`](crate::command::type_name).
     pub fn type_name(&self) -> Option<&'a str> {
-        crate::command::type_name(self.type_url)
+        crate::command::type_name(self.type_url())
     }
 
     /// Whether the type URL names `M` exactly, `[prefix/]<M::PACKAGE>.<M::NAME>`:
@@ -272,16 +306,16 @@ impl<'a> EnvelopeView<'a> {
     /// `self.type_name() == Some(M::NAME)`, compared from the end of the URL
     /// without scanning the prefix.
     pub fn is_type<M: Name>(&self) -> bool {
-        let Some(head) = self.type_url.strip_suffix(M::NAME) else {
+        let Some(head) = self.type_url.0.strip_suffix(M::NAME.as_bytes()) else {
             return false;
         };
         let Some(head) = head
-            .strip_suffix('.')
-            .and_then(|head| head.strip_suffix(M::PACKAGE))
+            .strip_suffix(b".")
+            .and_then(|head| head.strip_suffix(M::PACKAGE.as_bytes()))
         else {
             return false;
         };
-        head.is_empty() || head.ends_with('/')
+        head.is_empty() || head.ends_with(b"/")
     }
 
     /// `data.value` as a slice of the frame; empty when there is no data.
@@ -322,10 +356,10 @@ impl<'a> EnvelopeView<'a> {
     ///
     /// As [`unpack`](crate::envelope::unpack).
     pub fn unpack<M: WireMessage>(&self, validation: Validation) -> Result<M, CommandError> {
-        if self.command != M::COMMAND {
+        if self.command.0 != M::COMMAND.as_bytes() {
             return Err(CommandError::UnexpectedCommand {
                 expected: M::COMMAND,
-                actual: self.command.to_owned(),
+                actual: self.command().to_owned(),
             });
         }
         let spec = M::SPEC;
@@ -338,7 +372,7 @@ impl<'a> EnvelopeView<'a> {
             });
         }
         let any = self.has_data.then(|| Any {
-            type_url: self.type_url.to_owned(),
+            type_url: self.type_url().to_owned(),
             value: self.value(),
         });
         decode_as(spec, any.as_ref(), validation)
@@ -346,36 +380,61 @@ impl<'a> EnvelopeView<'a> {
 
     /// Field 7, `jwt`.
     pub fn jwt(&self) -> &'a str {
-        self.jwt
+        self.jwt.as_str()
     }
 
     /// Field 8, `traceid`.
     pub fn traceid(&self) -> &'a str {
-        self.traceid
+        self.traceid.as_str()
     }
 
     /// Field 9, `spanid`.
     pub fn spanid(&self) -> &'a str {
-        self.spanid
+        self.spanid.as_str()
     }
 
     /// The owned [`Envelope`] with the same fields (allocates; the payload
     /// still shares the frame).
     pub fn to_envelope(&self) -> Envelope {
         Envelope {
-            command: self.command.to_owned(),
+            command: self.command().to_owned(),
             priority: self.priority,
             seq: self.seq,
-            id: self.id.to_owned(),
-            rid: self.rid.to_owned(),
+            id: self.id().to_owned(),
+            rid: self.rid().to_owned(),
             data: self.has_data.then(|| Any {
-                type_url: self.type_url.to_owned(),
+                type_url: self.type_url().to_owned(),
                 value: self.value(),
             }),
-            jwt: self.jwt.to_owned(),
-            traceid: self.traceid.to_owned(),
-            spanid: self.spanid.to_owned(),
+            jwt: self.jwt().to_owned(),
+            traceid: self.traceid().to_owned(),
+            spanid: self.spanid().to_owned(),
         }
+    }
+}
+
+/// Whether every byte is below 0x80, which makes `bytes` valid UTF-8.
+///
+/// Header strings are short (a 4-byte command, a 9-byte id), where
+/// `<[u8]>::is_ascii` spends more on its call and setup than on the bytes;
+/// this reads one or two (overlapping) words for up to 16 bytes and a word
+/// at a time beyond, inline.
+#[inline]
+fn is_ascii(bytes: &[u8]) -> bool {
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    if let (Some(first), Some(last)) = (bytes.first_chunk::<8>(), bytes.last_chunk::<8>()) {
+        let mut acc = u64::from_ne_bytes(*first) | u64::from_ne_bytes(*last);
+        if bytes.len() > 16 {
+            let (words, _) = bytes.as_chunks::<8>();
+            for word in words {
+                acc |= u64::from_ne_bytes(*word);
+            }
+        }
+        acc & HIGH == 0
+    } else if let (Some(first), Some(last)) = (bytes.first_chunk::<4>(), bytes.last_chunk::<4>()) {
+        (u32::from_ne_bytes(*first) | u32::from_ne_bytes(*last)) & 0x8080_8080 == 0
+    } else {
+        bytes.iter().fold(0, |acc, &byte| acc | byte) < 0x80
     }
 }
 
@@ -383,6 +442,11 @@ impl<'a> EnvelopeView<'a> {
 /// offset in the frame body (for error offsets) and `pos` the next unread
 /// byte of `message`. Errors are built in `#[cold]` functions so that the
 /// success path stays small.
+///
+/// Everything off the success path (long varints, unknown fields, errors)
+/// takes the reader by value, never by reference, so that a parse keeps its
+/// reader in registers.
+#[derive(Clone, Copy)]
 struct Reader<'a> {
     message: &'a [u8],
     base: usize,
@@ -398,7 +462,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn at_end(&self) -> bool {
         self.pos >= self.message.len()
     }
@@ -408,21 +472,31 @@ impl<'a> Reader<'a> {
         self.base.saturating_add(self.pos)
     }
 
-    /// A varint. Keys and lengths almost always fit one byte, so that case
-    /// is checked first.
-    #[inline]
+    /// A varint. Keys and lengths almost always fit one byte and seqs two,
+    /// so those cases are checked first.
+    #[inline(always)]
     fn varint(&mut self) -> Result<u64, ViewError> {
-        match self.message.get(self.pos) {
-            Some(&byte) if byte < 0x80 => {
+        match self.message.get(self.pos..).unwrap_or_default() {
+            [low, ..] if *low < 0x80 => {
                 self.pos = self.pos.saturating_add(1);
-                Ok(u64::from(byte))
+                Ok(u64::from(*low))
             }
-            _ => self.varint_slow(),
+            // Two bytes: seqs up to 16383, lengths up to 16 KiB.
+            [low, high, ..] if *high < 0x80 => {
+                self.pos = self.pos.saturating_add(2);
+                Ok(u64::from(low & 0x7f) | (u64::from(*high) << 7))
+            }
+            _ => {
+                let (value, pos) = self.varint_slow()?;
+                self.pos = pos;
+                Ok(value)
+            }
         }
     }
 
+    /// A varint of any length: its value and the position after it.
     #[inline(never)]
-    fn varint_slow(&mut self) -> Result<u64, ViewError> {
+    fn varint_slow(self) -> Result<(u64, usize), ViewError> {
         let rest = self.message.get(self.pos..).unwrap_or_default();
         let mut value: u64 = 0;
         for (count, &byte) in rest.iter().take(MAX_VARINT_LEN).enumerate() {
@@ -431,8 +505,7 @@ impl<'a> Reader<'a> {
                 if count == MAX_VARINT_LEN - 1 && byte >= 0x02 {
                     break;
                 }
-                self.pos = self.pos.saturating_add(count + 1);
-                return Ok(value);
+                return Ok((value, self.pos.saturating_add(count + 1)));
             }
         }
         Err(self.invalid_varint())
@@ -440,7 +513,7 @@ impl<'a> Reader<'a> {
 
     /// The next key as (field number, wire type). Call only when not
     /// [`at_end`](Self::at_end).
-    #[inline]
+    #[inline(always)]
     fn key(&mut self) -> Result<(u32, u8), ViewError> {
         let at = self.pos;
         let key = self.varint()?;
@@ -451,7 +524,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn take(&mut self, len: u64) -> Result<&'a [u8], ViewError> {
         let end = usize::try_from(len)
             .ok()
@@ -466,36 +539,38 @@ impl<'a> Reader<'a> {
     }
 
     /// A length-delimited value.
-    #[inline]
+    #[inline(always)]
     fn len_prefixed(&mut self) -> Result<&'a [u8], ViewError> {
         let len = self.varint()?;
         self.take(len)
     }
 
-    #[inline]
-    fn string(&mut self, field: &'static str) -> Result<&'a str, ViewError> {
+    /// A string field, checked as UTF-8 and kept as bytes ([`Text`]).
+    #[inline(always)]
+    fn text(&mut self, field: &'static str) -> Result<Text<'a>, ViewError> {
         let bytes = self.len_prefixed()?;
-        match std::str::from_utf8(bytes) {
-            Ok(text) => Ok(text),
-            Err(_) => Err(self.invalid_utf8(bytes.len(), field)),
+        if is_ascii(bytes) || std::str::from_utf8(bytes).is_ok() {
+            Ok(Text(bytes))
+        } else {
+            Err(self.invalid_utf8(bytes.len(), field))
         }
     }
 
     /// protobuf int32: the low 32 bits of the varint.
-    #[inline]
+    #[inline(always)]
     fn int32(&mut self) -> Result<i32, ViewError> {
         Ok(self.varint()? as i32)
     }
 
     #[cold]
-    fn invalid_varint(&self) -> ViewError {
+    fn invalid_varint(self) -> ViewError {
         ViewError::InvalidVarint {
             offset: self.offset(),
         }
     }
 
     #[cold]
-    fn invalid_key(&self, at: usize, key: u64) -> ViewError {
+    fn invalid_key(self, at: usize, key: u64) -> ViewError {
         ViewError::InvalidKey {
             offset: self.base.saturating_add(at),
             key,
@@ -503,7 +578,7 @@ impl<'a> Reader<'a> {
     }
 
     #[cold]
-    fn truncated(&self, needed: u64) -> ViewError {
+    fn truncated(self, needed: u64) -> ViewError {
         ViewError::Truncated {
             offset: self.offset(),
             needed,
@@ -513,7 +588,7 @@ impl<'a> Reader<'a> {
 
     /// `len` bytes of string just read were not UTF-8.
     #[cold]
-    fn invalid_utf8(&self, len: usize, field: &'static str) -> ViewError {
+    fn invalid_utf8(self, len: usize, field: &'static str) -> ViewError {
         ViewError::InvalidUtf8 {
             offset: self.offset().saturating_sub(len),
             field,
@@ -521,7 +596,7 @@ impl<'a> Reader<'a> {
     }
 
     #[cold]
-    fn wire_type_error(&self, at: usize, field: u32, expected: u8, found: u8) -> ViewError {
+    fn wire_type_error(self, at: usize, field: u32, expected: u8, found: u8) -> ViewError {
         ViewError::WireType {
             offset: self.base.saturating_add(at),
             field,
@@ -530,15 +605,16 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Skips an unknown field; `budget` is the recursion left for groups.
+    /// Skips an unknown field whose key was just read; `budget` is the
+    /// recursion left for groups. Returns the position after the field.
     #[inline(never)]
     fn skip(
-        &mut self,
+        mut self,
         field: u32,
         wire_type: u8,
         key_at: usize,
         budget: u32,
-    ) -> Result<(), ViewError> {
+    ) -> Result<usize, ViewError> {
         if budget == 0 {
             return Err(ViewError::TooDeep {
                 offset: self.base.saturating_add(key_at),
@@ -572,14 +648,14 @@ impl<'a> Reader<'a> {
                     }
                     break;
                 }
-                self.skip(inner, inner_type, inner_at, budget - 1)?;
+                self.pos = self.skip(inner, inner_type, inner_at, budget - 1)?;
             },
             _ => {
                 let key = (u64::from(field) << 3) | u64::from(wire_type);
                 return Err(self.invalid_key(key_at, key));
             }
         }
-        Ok(())
+        Ok(self.pos)
     }
 }
 
@@ -813,6 +889,20 @@ mod tests {
                 actual: "stream".into()
             })
         );
+    }
+
+    #[test]
+    fn is_ascii_finds_a_high_byte_anywhere() {
+        for len in 0..48 {
+            let mut bytes = vec![b'a'; len];
+            assert!(is_ascii(&bytes), "{len}");
+            for at in 0..len {
+                bytes[at] = 0x80;
+                assert!(!is_ascii(&bytes), "{len} {at}");
+                bytes[at] = 0x7f;
+                assert!(is_ascii(&bytes), "{len} {at}");
+            }
+        }
     }
 
     #[test]

@@ -609,7 +609,7 @@ impl Connection {
             };
         };
         let seq = view.seq();
-        self.accept(view, seq, size, now)
+        self.accept(Framed::new(view), seq, size, now)
     }
 
     /// Puts a received envelope through the reorder buffer and dispatches
@@ -951,29 +951,49 @@ impl Received for Envelope {
     }
 }
 
-impl Received for EnvelopeView<'_> {
+/// An envelope read through its [`EnvelopeView`], with the three header
+/// strings dispatch reads made once (each view accessor runs a UTF-8 pass).
+struct Framed<'a> {
+    view: EnvelopeView<'a>,
+    command: &'a str,
+    id: &'a str,
+    rid: &'a str,
+}
+
+impl<'a> Framed<'a> {
+    fn new(view: EnvelopeView<'a>) -> Self {
+        Self {
+            command: view.command(),
+            id: view.id(),
+            rid: view.rid(),
+            view,
+        }
+    }
+}
+
+impl Received for Framed<'_> {
     fn command(&self) -> &str {
-        EnvelopeView::command(self)
+        self.command
     }
 
     fn id(&self) -> &str {
-        EnvelopeView::id(self)
+        self.id
     }
 
     fn rid(&self) -> &str {
-        EnvelopeView::rid(self)
+        self.rid
     }
 
     fn unpack_as<M: WireMessage>(&self, validation: Validation) -> Result<M, CommandError> {
-        EnvelopeView::unpack(self, validation)
+        self.view.unpack(validation)
     }
 
     fn into_id(self) -> String {
-        EnvelopeView::id(&self).to_owned()
+        self.id.to_owned()
     }
 
     fn into_envelope(self) -> Envelope {
-        self.to_envelope()
+        self.view.to_envelope()
     }
 }
 
