@@ -30,7 +30,7 @@
 //! | `OPENIAP_BENCH_RUNS` | 3 | runs; medians are reported |
 //! | `OPENIAP_BENCH_TRANSPORTS` | `socket pipe ws grpc` | transports measured |
 //! | `OPENIAP_BENCH_NODE` | on | `0` skips the Node rows |
-//! | `OPENIAP_BENCH_NODE_PING_SECONDS` | 30 | a Node ping series stops after this long |
+//! | `OPENIAP_BENCH_NODE_PING_SECONDS` | 10 | a Node ping series stops after this long (the package's socket transport leaves Nagle on: about 11 pings/s) |
 //! | `OPENIAP_BENCH_CONNECTIONS` | 10000 | idle connections in the memory mode |
 //! | `OPENIAP_BENCH_MEMORY_MIB` | 1024 | transfer size of the peak-RSS measurement |
 //!
@@ -116,7 +116,7 @@ impl Settings {
             runs: env_num("OPENIAP_BENCH_RUNS", 3usize).max(1),
             transports,
             node: std::env::var("OPENIAP_BENCH_NODE").map_or(true, |v| v != "0"),
-            node_ping_seconds: env_num("OPENIAP_BENCH_NODE_PING_SECONDS", 30u32).max(1),
+            node_ping_seconds: env_num("OPENIAP_BENCH_NODE_PING_SECONDS", 10u32).max(1),
             connections: env_num("OPENIAP_BENCH_CONNECTIONS", 10_000usize).max(1),
             memory_mib: env_num("OPENIAP_BENCH_MEMORY_MIB", 1024u64).max(1),
         }

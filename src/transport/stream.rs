@@ -65,8 +65,9 @@ pub const RESERVE_FLOOR: usize = 256 * 1024 + 1024;
 /// [module docs](self)).
 pub const SPLIT_PAYLOAD: usize = 16 * 1024;
 
-/// Most segments handed to one vectored write.
-const MAX_SEGMENTS: usize = 64;
+/// Most segments handed to one vectored write (a batch is a few frames:
+/// the bytes around each large payload, and the payloads).
+const MAX_SEGMENTS: usize = 8;
 
 /// Where the byte stream stands relative to the frames in it; advisory.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -295,16 +296,21 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for ByteStream<S> {
                     return Poll::Ready(Ok(()));
                 }
             }
-            let mut slices = [IoSlice::new(&[]); MAX_SEGMENTS];
-            let mut count = 0;
-            for (slice, segment) in slices.iter_mut().zip(&self.segments) {
-                *slice = IoSlice::new(segment);
-                count += 1;
-            }
-            let n = ready!(
-                Pin::new(&mut self.io)
-                    .poll_write_vectored(cx, slices.get(..count).unwrap_or_default())
-            )?;
+            let io = Pin::new(&mut self.io);
+            let n = match (self.segments.len(), self.segments.front()) {
+                // The common case (small frames packed together): a plain
+                // write.
+                (1, Some(only)) => ready!(io.poll_write(cx, only))?,
+                _ => {
+                    let mut slices = [IoSlice::new(&[]); MAX_SEGMENTS];
+                    let mut count = 0;
+                    for (slice, segment) in slices.iter_mut().zip(&self.segments) {
+                        *slice = IoSlice::new(segment);
+                        count += 1;
+                    }
+                    ready!(io.poll_write_vectored(cx, slices.get(..count).unwrap_or_default()))?
+                }
+            };
             if n == 0 {
                 return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
             }
