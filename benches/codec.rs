@@ -17,7 +17,8 @@
 //!   `encode_packed_frame` (payload encoded straight into the output), `ours_pack` is `pack` +
 //!   `encode_frame`; `naive_codec` is `encode_to_vec` + `LengthDelimitedCodec`, `naive_put`
 //!   writes prefix and Envelope by hand.
-//! - `split/stream64k`: the same wire pushed whole, or in pseudo-random 1-1500-byte pieces.
+//! - `split/stream64k`: the same wire pushed whole, or in pseudo-random 1-1500-byte pieces,
+//!   both with the default `FrameConfig`; the largest receive buffer is printed.
 //! - `payload_size`: 16 `stream` envelopes at 16 KiB, 64 KiB and 1 MiB, `Throughput::Elements`:
 //!   a zero-copy decode costs the same per envelope at every size.
 //! - `connection/<workload>` (`ping`, `stream64k`): the whole receive path of a server
@@ -41,7 +42,7 @@ use openiap_wire::command::{Payload, Validation};
 use openiap_wire::connection::{Connection, ConnectionConfig, Event, Role};
 use openiap_wire::envelope::{WireMessage, decode_envelope, pack, payload};
 use openiap_wire::frame::{
-    DEFAULT_MAX_FRAME_LENGTH, FrameConfig, FrameDecoder, encode_frame, encode_packed_frame,
+    DEFAULT_MAX_FRAME_LENGTH, FrameDecoder, encode_frame, encode_packed_frame,
 };
 use openiap_wire::proto::{BeginStream, Envelope, PingRequest, QueryResponse, Stream};
 use openiap_wire::view::EnvelopeView;
@@ -404,25 +405,7 @@ fn pieces(len: usize, rng: &mut Rng) -> Vec<usize> {
 /// Pushes `wire` in `pieces`, draining after each; returns the tally and the
 /// largest receive buffer capacity seen.
 fn decode_pieces(wire: &[u8], pieces: &[usize]) -> ((usize, usize), usize) {
-    decode_pieces_with(FrameDecoder::default(), wire, pieces)
-}
-
-/// [`decode_pieces`] with a decoder whose shrink threshold is `threshold`.
-fn decode_pieces_shrink(
-    wire: &[u8],
-    pieces: &[usize],
-    threshold: usize,
-) -> ((usize, usize), usize) {
-    let mut config = FrameConfig::default();
-    config.set_shrink_threshold(threshold);
-    decode_pieces_with(FrameDecoder::new(config), wire, pieces)
-}
-
-fn decode_pieces_with(
-    mut decoder: FrameDecoder,
-    wire: &[u8],
-    pieces: &[usize],
-) -> ((usize, usize), usize) {
+    let mut decoder = FrameDecoder::default();
     let (mut count, mut total, mut capacity, mut at) = (0, 0, 0, 0);
     for &len in pieces {
         decoder.push(&wire[at..at + len]);
@@ -459,21 +442,6 @@ fn bench_split(c: &mut Criterion, workload: &Workload, rng: &mut Rng) {
     });
     group.bench_function("split_1_1500", |b| {
         b.iter(|| black_box(decode_pieces(wire, &pieces)));
-    });
-    // The default shrink threshold (64 KiB) moves the leftover of every
-    // 64 KiB frame to a fresh 8 KiB buffer, which then regrows; a threshold
-    // above the frame size keeps one buffer for the whole stream.
-    let threshold = 4 * workload.largest_frame;
-    let (tally, capacity) = decode_pieces_shrink(wire, &pieces, threshold);
-    assert_eq!(tally, workload.expected);
-    println!(
-        "split/{} with shrink threshold {threshold}: largest receive buffer {} bytes = {:.2}x the largest frame",
-        workload.name,
-        capacity,
-        capacity as f64 / workload.largest_frame as f64,
-    );
-    group.bench_function("split_1_1500_shrink_4x", |b| {
-        b.iter(|| black_box(decode_pieces_shrink(wire, &pieces, threshold)));
     });
     group.finish();
 }

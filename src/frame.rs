@@ -42,12 +42,18 @@
 //!
 //! | event                                   | buffer                                              |
 //! |-----------------------------------------|-----------------------------------------------------|
-//! | [`push`](FrameDecoder::push)            | bytes appended (amortised doubling: capacity stays within about 2x the buffered bytes) |
-//! | [`read_buf`](FrameDecoder::read_buf)    | at least [`read_step`](FrameConfig::read_step) spare bytes ensured, reserved in that step |
+//! | [`push`](FrameDecoder::push), [`read_buf`](FrameDecoder::read_buf) | bytes appended (`read_buf`: at least [`read_step`](FrameConfig::read_step) spare bytes ensured). Room is made by moving the unread bytes to the front of the allocation when the caller holds no frame of it; else a new allocation of twice the unread bytes (at least one read step), **capped at the end of the frame being received** |
 //! | [`push_bytes`](FrameDecoder::push_bytes)| adopted without a copy when the decoder holds nothing and the `Bytes` is unique, else appended |
 //! | a frame is decoded                      | `split_to(len).freeze()`: the body shares the buffer, no copy |
-//! | after a frame from a buffer larger than [`shrink_threshold`](FrameConfig::shrink_threshold), with at most `read_step` bytes left | the leftover moves to a fresh buffer of `read_step` bytes, so the large allocation is freed once the caller drops its frames |
+//! | after a frame, the allocation above both [`shrink_threshold`](FrameConfig::shrink_threshold) and twice the recent frame size, at most `read_step` bytes left | the leftover moves to a fresh buffer of `read_step` bytes (none if nothing is left), so the large allocation is freed once the caller drops its frames |
+//! | [`shrink_idle`](FrameDecoder::shrink_idle), when input has stopped | the same move for any allocation above two read steps |
 //! | an error                                | buffer released, later input discarded              |
+//!
+//! A steady run of 64 KiB frames fed in arbitrary pieces therefore lives in
+//! one allocation of about one frame, reused frame after frame; with
+//! pieces of at most one frame, the allocation never exceeds twice the
+//! largest frame (prefix included) or two read steps, whichever is larger
+//! (a property test checks it).
 //!
 //! # Zero-length frames
 //!
@@ -89,8 +95,8 @@ pub const DEFAULT_READ_STEP: usize = 8 * 1024;
 /// smaller values to this one.
 pub const MIN_READ_STEP: usize = 64;
 
-/// Default capacity above which a drained receive buffer is replaced by a
-/// small one: 64 KiB.
+/// Default [`FrameConfig::shrink_threshold`]: 64 KiB. A receive buffer of
+/// this size is always kept; a larger one while it suits the recent frames.
 pub const DEFAULT_SHRINK_THRESHOLD: usize = 64 * 1024;
 
 /// The body written for an all-default Envelope instead of a zero-length
@@ -167,14 +173,17 @@ impl FrameConfig {
         self
     }
 
-    /// Buffer size above which a (nearly) drained receive buffer is replaced
-    /// by a small one.
+    /// Receive buffer size that is always kept. Above it, a (nearly) drained
+    /// buffer is replaced by a small one once its allocation is more than
+    /// twice the recent frame size (a maximum that decays by a sixteenth per
+    /// frame), so a steady run of large frames keeps one buffer and a
+    /// connection that goes back to small frames gives the memory back.
     pub fn shrink_threshold(&self) -> usize {
         self.shrink_threshold
     }
 
     /// Sets the shrink threshold. Keep it above [`read_step`](Self::read_step),
-    /// or the buffer is reallocated after nearly every frame.
+    /// or small-frame traffic reallocates the buffer often.
     pub fn set_shrink_threshold(&mut self, threshold: usize) -> &mut Self {
         self.shrink_threshold = threshold;
         self
@@ -248,6 +257,9 @@ pub(crate) struct FrameParser {
     config: FrameConfig,
     state: DecodeState,
     error: Option<FrameError>,
+    /// A decaying maximum of the recent frame sizes, prefix included: each
+    /// frame lowers it by a sixteenth unless the frame is larger.
+    recent_frame: usize,
 }
 
 impl FrameParser {
@@ -256,6 +268,7 @@ impl FrameParser {
             config,
             state: DecodeState::Head,
             error: None,
+            recent_frame: 0,
         }
     }
 
@@ -267,16 +280,58 @@ impl FrameParser {
         self.error.is_some()
     }
 
-    /// Decodes the next frame body out of `buf` (see [`FrameDecoder::decode`]).
+    /// Decodes the next frame body out of a buffer the caller owns (the
+    /// tokio-util codec), shrinking it as [`shrink`](Self::shrink) says.
     pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
+        let frame = self.decode_frame(buf)?;
+        if let Some(frame) = &frame {
+            let total = frame.len().saturating_add(LENGTH_PREFIX_LEN);
+            // The buffer's owner does not say how large its allocation is:
+            // at least this frame and what is left of the buffer.
+            self.shrink(buf, total.saturating_add(buf.capacity()));
+        }
+        Ok(frame)
+    }
+
+    /// Decodes the next frame body out of `buf` (see [`FrameDecoder::decode`]),
+    /// leaving the buffer's size to the caller.
+    #[inline]
+    pub(crate) fn decode_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         if let Some(err) = &self.error {
             return Err(err.clone());
         }
         let result = self.step(buf);
-        if let Err(err) = &result {
-            self.poison(err.clone(), buf);
+        match &result {
+            Ok(Some(frame)) => {
+                let total = frame.len().saturating_add(LENGTH_PREFIX_LEN);
+                let decayed = self.recent_frame - self.recent_frame / 16;
+                self.recent_frame = total.max(decayed);
+            }
+            Ok(None) => {}
+            Err(err) => self.poison(err.clone(), buf),
         }
         result
+    }
+
+    /// The largest allocation worth keeping for the frames seen lately:
+    /// twice the recent frame size, and never less than the configured
+    /// shrink threshold.
+    fn keep_limit(&self) -> usize {
+        self.config
+            .shrink_threshold
+            .max(self.recent_frame.saturating_mul(2))
+    }
+
+    /// How many bytes from the start of `buf` the frame being received ends
+    /// at, when its length is known and within the limit.
+    fn frame_end(&self, buf: &BytesMut) -> Option<usize> {
+        match self.state {
+            DecodeState::Data(len) => Some(len),
+            DecodeState::Head => match self.check_head(buf) {
+                Ok(Some(len)) => len.checked_add(LENGTH_PREFIX_LEN),
+                _ => None,
+            },
+        }
     }
 
     /// Reports bytes left at end of input (see [`FrameDecoder::finish`]).
@@ -327,7 +382,6 @@ impl FrameParser {
                 {
                     let mut frame = buf.split_to(total).freeze();
                     frame.advance(LENGTH_PREFIX_LEN);
-                    self.shrink(buf, total);
                     return Ok(Some(frame));
                 }
                 // `check_head` succeeded, so the prefix is buffered.
@@ -341,7 +395,6 @@ impl FrameParser {
         }
         let frame = buf.split_to(len).freeze();
         self.state = DecodeState::Head;
-        self.shrink(buf, len);
         Ok(Some(frame))
     }
 
@@ -366,21 +419,27 @@ impl FrameParser {
         Ok(Some(len))
     }
 
-    /// After a frame of `frame_len` bytes left the buffer: if the allocation
-    /// it came from is large and little is left, move the leftover to a small
-    /// buffer so that the large one is freed with the caller's frames.
+    /// After a frame left `buf`, whose allocation is `allocation` bytes: if
+    /// that is more than [`keep_limit`](Self::keep_limit) and little is left,
+    /// move the leftover to a small buffer so that the large allocation is
+    /// freed with the caller's frames. Returns whether it moved.
     #[inline]
-    fn shrink(&self, buf: &mut BytesMut, frame_len: usize) {
-        let allocation = frame_len.saturating_add(buf.capacity());
-        if allocation <= self.config.shrink_threshold || buf.len() > self.config.read_step {
-            return;
+    fn shrink(&self, buf: &mut BytesMut, allocation: usize) -> bool {
+        if allocation <= self.keep_limit() || buf.len() > self.config.read_step {
+            return false;
         }
         self.move_to_small(buf);
+        true
     }
 
-    /// The slow half of [`shrink`](Self::shrink).
+    /// The slow half of [`shrink`](Self::shrink): the leftover into a buffer
+    /// of one read step, or none at all when nothing is left.
     #[inline(never)]
     fn move_to_small(&self, buf: &mut BytesMut) {
+        if buf.is_empty() {
+            *buf = BytesMut::new();
+            return;
+        }
         let mut small = BytesMut::with_capacity(self.config.read_step);
         small.extend_from_slice(buf);
         *buf = small;
@@ -403,6 +462,9 @@ impl FrameParser {
 pub struct FrameDecoder {
     parser: FrameParser,
     buf: BytesMut,
+    /// Size of the allocation behind `buf`, as far as the decoder knows
+    /// (`buf.capacity()` only counts from the first unread byte).
+    allocation: usize,
 }
 
 impl Default for FrameDecoder {
@@ -417,6 +479,7 @@ impl FrameDecoder {
         Self {
             parser: FrameParser::new(config),
             buf: BytesMut::new(),
+            allocation: 0,
         }
     }
 
@@ -435,8 +498,45 @@ impl FrameDecoder {
     /// Appends received bytes. After an error they are discarded.
     pub fn push(&mut self, bytes: &[u8]) {
         if !self.parser.is_poisoned() {
+            self.make_room(bytes.len());
             self.buf.extend_from_slice(bytes);
         }
+    }
+
+    /// Ensures `additional` bytes of spare capacity: by moving the unread
+    /// bytes to the front of the allocation when nothing else uses it, or
+    /// else by a new allocation of twice the unread bytes (at least one read
+    /// step), but no larger than the frame being received needs.
+    ///
+    /// The cap is what keeps the buffer within about one frame (plus one
+    /// read) of the largest frame: doubling alone can overshoot a 64 KiB
+    /// frame to 128 KiB. The declared length is still never reserved up
+    /// front: each step at most doubles what was received.
+    #[inline]
+    fn make_room(&mut self, additional: usize) {
+        if self.buf.capacity() - self.buf.len() < additional {
+            self.grow(additional);
+        }
+    }
+
+    /// The slow half of [`make_room`](Self::make_room).
+    #[inline(never)]
+    fn grow(&mut self, additional: usize) {
+        let len = self.buf.len();
+        let step = self.parser.config.read_step;
+        // Reclaiming a read step at a time keeps small pieces off this path.
+        if self.buf.try_reclaim(additional.max(step)) || self.buf.try_reclaim(additional) {
+            return;
+        }
+        let needed = len.saturating_add(additional);
+        let mut target = len.saturating_mul(2).max(step);
+        if let Some(end) = self.parser.frame_end(&self.buf) {
+            target = target.min(end.max(step));
+        }
+        let mut fresh = BytesMut::with_capacity(target.max(needed));
+        fresh.extend_from_slice(&self.buf);
+        self.allocation = fresh.capacity();
+        self.buf = fresh;
     }
 
     /// Appends received bytes held in a [`Bytes`], such as a WebSocket
@@ -449,12 +549,15 @@ impl FrameDecoder {
             return;
         }
         if !self.buf.is_empty() {
-            self.buf.extend_from_slice(&bytes);
+            self.push(&bytes);
             return;
         }
         match bytes.try_into_mut() {
-            Ok(adopted) => self.buf = adopted,
-            Err(shared) => self.buf.extend_from_slice(&shared),
+            Ok(adopted) => {
+                self.allocation = adopted.capacity();
+                self.buf = adopted;
+            }
+            Err(shared) => self.push(&shared),
         }
     }
 
@@ -472,7 +575,7 @@ impl FrameDecoder {
         let step = self.parser.config.read_step;
         let spare = self.buf.capacity().saturating_sub(self.buf.len());
         if spare < step {
-            self.buf.reserve(step);
+            self.make_room(step);
         }
         &mut self.buf
     }
@@ -486,8 +589,61 @@ impl FrameDecoder {
     /// [`FrameError::TooLarge`] or [`FrameError::Empty`] for a bad prefix.
     /// Any error poisons the decoder: this call and [`finish`](Self::finish)
     /// return it again from then on.
+    #[inline]
     pub fn decode(&mut self) -> Result<Option<Bytes>, FrameError> {
-        self.parser.decode(&mut self.buf)
+        // Most calls on input fed in small pieces find a frame body still
+        // incomplete: answer those without the full state machine.
+        if let DecodeState::Data(len) = self.parser.state
+            && self.buf.len() < len
+            && self.parser.error.is_none()
+        {
+            return Ok(None);
+        }
+        self.decode_slow()
+    }
+
+    fn decode_slow(&mut self) -> Result<Option<Bytes>, FrameError> {
+        // The caller may have grown the buffer through `read_buf`.
+        self.allocation = self.allocation.max(self.buf.capacity());
+        let frame = self.parser.decode_frame(&mut self.buf);
+        match &frame {
+            Ok(Some(_)) => {
+                if self.parser.shrink(&mut self.buf, self.allocation) {
+                    self.allocation = self.buf.capacity();
+                }
+            }
+            Ok(None) => {}
+            Err(_) => self.allocation = 0,
+        }
+        frame
+    }
+
+    /// Whether [`shrink_idle`](Self::shrink_idle) would free memory: the
+    /// buffer's allocation is above two read steps (more than
+    /// [`read_buf`](Self::read_buf) makes for small frames) and at most one
+    /// read step of bytes is waiting in it.
+    pub fn can_shrink_idle(&self) -> bool {
+        let step = self.parser.config.read_step;
+        !self.parser.is_poisoned()
+            && self.capacity() > step.saturating_mul(2)
+            && self.buf.len() <= step
+    }
+
+    /// Gives back what a quiet connection does not need: when
+    /// [`can_shrink_idle`](Self::can_shrink_idle), the waiting bytes (if
+    /// any) move to a buffer of one read step and the large allocation is
+    /// released (once the caller drops its frames); the size kept for
+    /// recent frames is forgotten. Call it when no bytes have arrived for a
+    /// while ([`Connection`](crate::connection::Connection) does, one
+    /// second after the last input). Returns whether it shrank.
+    pub fn shrink_idle(&mut self) -> bool {
+        if !self.can_shrink_idle() {
+            return false;
+        }
+        self.parser.recent_frame = 0;
+        self.parser.move_to_small(&mut self.buf);
+        self.allocation = self.buf.capacity();
+        true
     }
 
     /// Declares the end of input. Call it after [`decode`](Self::decode) has
@@ -498,7 +654,11 @@ impl FrameDecoder {
     /// [`FrameError::Truncated`] when bytes of an incomplete frame are left
     /// (this poisons the decoder), or the error that poisoned it earlier.
     pub fn finish(&mut self) -> Result<(), FrameError> {
-        self.parser.finish(&mut self.buf)
+        let result = self.parser.finish(&mut self.buf);
+        if result.is_err() {
+            self.allocation = 0;
+        }
+        result
     }
 
     /// Bytes received and not yet delivered as a frame, including a length
@@ -507,9 +667,11 @@ impl FrameDecoder {
         self.parser.buffered(&self.buf)
     }
 
-    /// Current capacity of the receive buffer in bytes.
+    /// Size in bytes of the receive buffer's allocation: the memory the
+    /// decoder keeps (frames already handed out share it until dropped).
+    #[inline]
     pub fn capacity(&self) -> usize {
-        self.buf.capacity()
+        self.allocation.max(self.buf.capacity())
     }
 }
 
@@ -1097,20 +1259,63 @@ mod tests {
     }
 
     #[test]
-    fn buffer_shrinks_after_large_frame() {
+    fn buffer_kept_for_large_frames_and_shrunk_after_small_ones() {
         let mut decoder = FrameDecoder::default();
-        let wire = frame(&[5; 1 << 20]);
-        for chunk in wire.chunks(DEFAULT_READ_STEP) {
-            decoder.read_buf().extend_from_slice(chunk);
+        let big = frame(&[5; 1 << 20]);
+        for _ in 0..3 {
+            for chunk in big.chunks(1500) {
+                decoder.push(chunk);
+                while let Some(body) = decoder.decode().unwrap() {
+                    assert_eq!(body.len(), 1 << 20);
+                }
+                // One frame plus at most one piece: no doubling past it.
+                assert!(
+                    decoder.capacity() <= big.len() + 1500,
+                    "{}",
+                    decoder.capacity()
+                );
+            }
         }
-        assert!(decoder.capacity() > 1 << 20);
-        let big = decoder.decode().unwrap().unwrap();
-        assert_eq!(big.len(), 1 << 20);
-        assert!(decoder.capacity() <= DEFAULT_READ_STEP);
-        drop(big);
-        decoder.push(&frame(b"small"));
-        assert_eq!(decoder.decode(), Ok(Some(Bytes::from_static(b"small"))));
-        assert!(decoder.capacity() <= DEFAULT_SHRINK_THRESHOLD);
+        // Kept for the next large frame (the body alone: the prefix was
+        // consumed before the buffer grew to it).
+        assert!(decoder.capacity() >= 1 << 20, "{}", decoder.capacity());
+        // Small frames make the recent size decay until the buffer shrinks.
+        let mut shrunk_after = None;
+        for i in 0..40 {
+            decoder.push(&frame(b"small"));
+            assert_eq!(decoder.decode(), Ok(Some(Bytes::from_static(b"small"))));
+            if decoder.capacity() <= DEFAULT_READ_STEP {
+                shrunk_after = Some(i + 1);
+                break;
+            }
+        }
+        let shrunk_after = shrunk_after.expect("shrinks after small frames");
+        assert!((5..=20).contains(&shrunk_after), "{shrunk_after}");
+    }
+
+    #[test]
+    fn shrink_idle_releases_a_large_buffer() {
+        let mut decoder = FrameDecoder::default();
+        let big = frame(&[5; 200_000]);
+        decoder.push(&big);
+        assert_eq!(decoder.decode().unwrap().map(|b| b.len()), Some(200_000));
+        // Part of the next frame is waiting: it survives the shrink.
+        decoder.push(&big[..100]);
+        assert_eq!(decoder.decode(), Ok(None));
+        assert!(decoder.can_shrink_idle());
+        assert!(decoder.shrink_idle());
+        assert_eq!(decoder.capacity(), DEFAULT_READ_STEP);
+        assert!(!decoder.can_shrink_idle());
+        assert!(!decoder.shrink_idle());
+        decoder.push(&big[100..]);
+        assert_eq!(decoder.decode().unwrap().map(|b| b.len()), Some(200_000));
+        // Nothing waiting: the buffer goes entirely.
+        assert!(decoder.shrink_idle());
+        assert_eq!(decoder.capacity(), 0);
+        // More than a read step of a frame waiting: kept, it is needed.
+        decoder.push(&big[..LENGTH_PREFIX_LEN + DEFAULT_READ_STEP + 1]);
+        assert_eq!(decoder.decode(), Ok(None));
+        assert!(!decoder.can_shrink_idle());
     }
 
     #[test]
@@ -1436,6 +1641,51 @@ mod tests {
         #[test]
         fn prop_arbitrary_bytes_never_panic(data in vec(any::<u8>(), 0..4096)) {
             fuzz_decode(&data);
+        }
+
+        #[test]
+        fn prop_buffer_within_twice_the_largest_frame(
+            sizes in vec(prop_oneof![0..64usize, 0..5_000usize, 0..200_000usize], 1..8),
+            pieces in vec(1..1500usize, 1..64),
+            keep_frames in any::<bool>(),
+        ) {
+            let wire: Vec<u8> = sizes.iter().flat_map(|&n| frame(&vec![7; n])).collect();
+            let mut decoder = FrameDecoder::default();
+            let mut held = Vec::new();
+            let (mut at, mut piece, mut largest, mut count) = (0, 0, 0, 0);
+            while at < wire.len() {
+                let len = pieces[piece % pieces.len()].min(wire.len() - at);
+                piece += 1;
+                let chunk = &wire[at..at + len];
+                match piece % 3 {
+                    0 => decoder.push(chunk),
+                    1 => decoder.push_bytes(Bytes::copy_from_slice(chunk)),
+                    _ => decoder.read_buf().extend_from_slice(chunk),
+                }
+                at += len;
+                // The frame being received counts once its prefix is in.
+                let mut start = 0;
+                for &n in &sizes {
+                    if start < at {
+                        largest = largest.max(LENGTH_PREFIX_LEN + n);
+                    }
+                    start += LENGTH_PREFIX_LEN + n;
+                }
+                let bound = (2 * largest).max(2 * DEFAULT_READ_STEP);
+                prop_assert!(
+                    decoder.capacity() <= bound,
+                    "capacity {} above {} after {} bytes", decoder.capacity(), bound, at
+                );
+                while let Some(body) = decoder.decode().unwrap() {
+                    prop_assert_eq!(body.len(), sizes[count]);
+                    count += 1;
+                    if keep_frames {
+                        held.push(body);
+                    }
+                }
+                prop_assert!(decoder.capacity() <= bound);
+            }
+            prop_assert_eq!(count, sizes.len());
         }
 
         #[test]

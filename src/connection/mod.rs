@@ -103,6 +103,14 @@ use crate::view::EnvelopeView;
 /// envelopes, small enough that a queued transfer is never encoded at once.
 pub const TRANSMIT_BATCH: usize = 256 * 1024;
 
+/// After this long without input, [`Connection::handle_timeout`] gives back
+/// a receive buffer grown past two read steps (a large frame came in), as
+/// [`FrameDecoder::shrink_idle`] describes: while traffic flows the buffer
+/// is reused frame after frame, and an idle connection keeps at most two
+/// read steps ([`FrameConfig::read_step`](crate::frame::FrameConfig::read_step),
+/// 8 KiB by default).
+pub const IDLE_BUFFER_RELEASE: Duration = Duration::from_secs(1);
+
 /// A request awaiting its reply.
 #[derive(Debug)]
 struct Pending {
@@ -271,7 +279,8 @@ impl Connection {
 
     /// The earliest instant at which [`handle_timeout`](Self::handle_timeout)
     /// has work: a gap timeout, a request deadline, a keepalive ping, the
-    /// idle limit, the frame timeout of a partial frame.
+    /// idle limit, the frame timeout of a partial frame, the release of a
+    /// large receive buffer ([`IDLE_BUFFER_RELEASE`]).
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.error.is_some() {
             return None;
@@ -291,6 +300,7 @@ impl Connection {
             keepalive,
             idle,
             self.frame_deadline(),
+            self.buffer_release(),
         ]
         .into_iter()
         .flatten()
@@ -313,6 +323,9 @@ impl Connection {
         {
             let buffered = self.decoder.buffered();
             return Err(self.fail(Error::FrameTimedOut { buffered, limit }));
+        }
+        if self.buffer_release().is_some_and(|at| now >= at) {
+            self.decoder.shrink_idle();
         }
         if let Some(limit) = self.config.idle_timeout() {
             let silence = now.saturating_duration_since(self.last_recv);
@@ -557,6 +570,15 @@ impl Connection {
     fn frame_deadline(&self) -> Option<Instant> {
         let limit = self.config.frame_timeout()?;
         self.partial_since?.checked_add(limit)
+    }
+
+    /// When a receive buffer grown past two read steps is given back, if
+    /// there is one (see [`IDLE_BUFFER_RELEASE`]).
+    fn buffer_release(&self) -> Option<Instant> {
+        if !self.decoder.can_shrink_idle() {
+            return None;
+        }
+        self.last_recv.checked_add(IDLE_BUFFER_RELEASE)
     }
 
     /// After input was handled: a partial frame left behind started at

@@ -837,3 +837,41 @@ fn shut_down_fails_pending_requests_in_send_order() {
         .collect();
     assert_eq!(failed, ids);
 }
+
+#[test]
+fn large_receive_buffer_is_given_back_when_input_stops() {
+    let t0 = Instant::now();
+    let (_, mut server) = pair(t0);
+    let big = Envelope {
+        jwt: "j".repeat(300_000),
+        ..envelope("ping", 0, "p")
+    };
+    let wire = raw_frame(&big);
+    for (i, piece) in wire.chunks(1500).enumerate() {
+        server
+            .handle_bytes(piece, t0 + Duration::from_millis(i as u64))
+            .unwrap();
+    }
+    let last = t0 + Duration::from_millis(wire.chunks(1500).count() as u64 - 1);
+    assert!(matches!(&events(&mut server)[..], [Event::Ping { .. }]));
+    assert!(server.decoder.capacity() >= 300_000);
+    assert_eq!(server.poll_timeout(), Some(last + IDLE_BUFFER_RELEASE));
+    server
+        .handle_timeout(last + IDLE_BUFFER_RELEASE - Duration::from_millis(1))
+        .unwrap();
+    assert!(server.decoder.capacity() >= 300_000, "not before the delay");
+    server.handle_timeout(last + IDLE_BUFFER_RELEASE).unwrap();
+    assert_eq!(server.decoder.capacity(), 0);
+    assert_eq!(server.poll_timeout(), None, "nothing left to release");
+    // Small traffic afterwards stays within two read steps: no timer.
+    let later = last + IDLE_BUFFER_RELEASE;
+    server
+        .handle_bytes(&raw_frame(&envelope("ping", 1, "q")), later)
+        .unwrap();
+    server
+        .read_buf()
+        .extend_from_slice(&raw_frame(&envelope("ping", 2, "r")));
+    server.handle_read(later).unwrap();
+    assert!(server.decoder.capacity() <= 2 * crate::frame::DEFAULT_READ_STEP);
+    assert_eq!(server.poll_timeout(), None);
+}
