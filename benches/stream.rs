@@ -10,13 +10,29 @@
 //! | `table_from_wire`  | as `table`, from framed `stream` envelopes read 64 KiB at a time into `FrameDecoder::read_buf`, then `EnvelopeView` and `Stream` decode |
 //!
 //! 64 MiB per iteration, in 256 KiB chunks (the Node client's size) and 1 MiB chunks (the Rust
-//! client's). `cargo bench --bench stream -- --warm-up-time 1 --measurement-time 3`
+//! client's).
+//!
+//! The `stream_send` group measures the sending side, 64 MiB of chunks framed into a transmit
+//! buffer that is emptied every 256 KiB (as a socket write would):
+//!
+//! | bench              | per chunk                                                            |
+//! |--------------------|----------------------------------------------------------------------|
+//! | `copy_floor`       | the chunk copied into the buffer: the one copy a framed transport needs |
+//! | `chunk_then_frame` | `StreamSender::chunk` (payload encoded into the `Any`: a copy) + `encode_frame` (a second copy) |
+//! | `chunk_parts`      | `StreamSender::chunk_parts` + `encode_packed_frame`: one copy        |
+//! | `connection`       | `Connection::send_stream` of the whole file, then `poll_transmit`    |
+//!
+//! `cargo bench --bench stream -- --warm-up-time 1 --measurement-time 3`
 
 use std::hint::black_box;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use openiap_wire::frame::{DEFAULT_MAX_FRAME_LENGTH, FrameDecoder, encode_frame};
+use openiap_wire::connection::{Connection, ConnectionConfig, Role, TRANSMIT_BATCH};
+use openiap_wire::frame::{
+    DEFAULT_MAX_FRAME_LENGTH, FrameDecoder, encode_frame, encode_packed_frame,
+};
 use openiap_wire::proto::{BeginStream, Stream};
 use openiap_wire::stream::{STREAM_COMMAND, StreamConfig, StreamSender, StreamTable, sha256};
 use openiap_wire::view::EnvelopeView;
@@ -103,6 +119,122 @@ fn table_from_wire(wire: &[u8], begin: &BeginStream) -> u64 {
     summary.bytes
 }
 
+/// A send under test: file and chunk size to bytes written.
+type SendFn = fn(&Bytes, usize) -> usize;
+
+/// A transmit buffer that is written out (emptied) every [`TRANSMIT_BATCH`] bytes.
+struct Transmit {
+    buf: BytesMut,
+    written: usize,
+}
+
+impl Transmit {
+    fn new(chunk_size: usize) -> Self {
+        Self {
+            buf: BytesMut::with_capacity(TRANSMIT_BATCH + chunk_size + 4096),
+            written: 0,
+        }
+    }
+
+    fn flush_if_full(&mut self) {
+        if self.buf.len() >= TRANSMIT_BATCH {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        self.written += black_box(&self.buf).len();
+        self.buf.clear();
+    }
+}
+
+fn stream_config(chunk_size: usize) -> StreamConfig {
+    let mut config = StreamConfig::default();
+    config.set_chunk_size(chunk_size.try_into().expect("non-zero"));
+    config
+}
+
+fn copy_floor(file: &Bytes, chunk_size: usize) -> usize {
+    let mut out = Transmit::new(chunk_size);
+    for chunk in file.chunks(chunk_size) {
+        out.buf.extend_from_slice(chunk);
+        out.flush_if_full();
+    }
+    out.flush();
+    out.written
+}
+
+fn chunk_then_frame(file: &Bytes, chunk_size: usize) -> usize {
+    let mut sender = StreamSender::new("u1", &stream_config(chunk_size)).expect("rid");
+    sender.begin(None, None).expect("begin");
+    let mut out = Transmit::new(chunk_size);
+    let mut rest = file.clone();
+    while !rest.is_empty() {
+        let piece = rest.split_to(rest.len().min(chunk_size));
+        let envelope = sender.chunk(piece).expect("chunk");
+        encode_frame(&envelope, DEFAULT_MAX_FRAME_LENGTH, &mut out.buf).expect("frame");
+        out.flush_if_full();
+    }
+    out.flush();
+    out.written
+}
+
+fn chunk_parts(file: &Bytes, chunk_size: usize) -> usize {
+    let mut sender = StreamSender::new("u1", &stream_config(chunk_size)).expect("rid");
+    sender.begin(None, None).expect("begin");
+    let mut out = Transmit::new(chunk_size);
+    let mut rest = file.clone();
+    while !rest.is_empty() {
+        let piece = rest.split_to(rest.len().min(chunk_size));
+        let (header, chunk) = sender.chunk_parts(piece).expect("chunk");
+        encode_packed_frame(&header, &chunk, DEFAULT_MAX_FRAME_LENGTH, &mut out.buf)
+            .expect("frame");
+        out.flush_if_full();
+    }
+    out.flush();
+    out.written
+}
+
+fn connection_send(file: &Bytes, chunk_size: usize) -> usize {
+    let now = Instant::now();
+    let mut config = ConnectionConfig::default();
+    config.set_keepalive_interval(None);
+    *config.stream_mut() = stream_config(chunk_size);
+    let mut conn = Connection::new(Role::Server, config, now);
+    conn.send_stream("u1", file.clone(), false, None, now)
+        .expect("stream");
+    let mut out = Transmit::new(chunk_size);
+    while conn.poll_transmit(&mut out.buf) > 0 {
+        out.flush();
+    }
+    out.written
+}
+
+fn bench_send(c: &mut Criterion, file: &Bytes) {
+    let mut group = c.benchmark_group("stream_send");
+    group.throughput(Throughput::Bytes(TOTAL as u64));
+    group.sample_size(10);
+    for (label, chunk_size) in [("256KiB", 256 << 10), ("1MiB", 1 << 20)] {
+        let framed = chunk_then_frame(file, chunk_size);
+        assert_eq!(chunk_parts(file, chunk_size), framed);
+        // The connection adds beginstream and endstream.
+        assert!(connection_send(file, chunk_size) > framed);
+        assert_eq!(copy_floor(file, chunk_size), TOTAL);
+        let sends: [(&str, SendFn); 4] = [
+            ("copy_floor", copy_floor),
+            ("chunk_then_frame", chunk_then_frame),
+            ("chunk_parts", chunk_parts),
+            ("connection", connection_send),
+        ];
+        for (name, send) in sends {
+            group.bench_function(BenchmarkId::new(name, label), |b| {
+                b.iter(|| send(file, chunk_size));
+            });
+        }
+    }
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     let file = file();
     let digest = sha256(&file);
@@ -130,6 +262,7 @@ fn benches(c: &mut Criterion) {
         });
     }
     group.finish();
+    bench_send(c, &file);
 }
 
 criterion_group!(stream, benches);

@@ -796,6 +796,48 @@ fn encode_header(header: &Envelope, first: bool, dst: &mut BytesMut) {
     }
 }
 
+/// The lengths [`encode_packed_frame`] writes.
+struct PackedLen {
+    url_len: usize,
+    value_len: usize,
+    any_len: usize,
+    body_len: usize,
+}
+
+impl PackedLen {
+    fn of<M: Message + Name>(header: &Envelope, message: &M) -> Self {
+        use prost::encoding::{encoded_len_varint, key_len};
+        let url_len = type_url_len::<M>();
+        let value_len = message.encoded_len();
+        let any_len = key_len(1)
+            + encoded_len_varint(url_len as u64)
+            + url_len
+            + if value_len == 0 {
+                0
+            } else {
+                key_len(2) + encoded_len_varint(value_len as u64) + value_len
+            };
+        let body_len = header_len(header, true)
+            .saturating_add(key_len(6) + encoded_len_varint(any_len as u64))
+            .saturating_add(any_len)
+            .saturating_add(header_len(header, false));
+        Self {
+            url_len,
+            value_len,
+            any_len,
+            body_len,
+        }
+    }
+}
+
+/// The frame body length [`encode_packed_frame`] would write for `header`
+/// and `message` (prefix excluded): what
+/// [`encoded_len`](crate::envelope::encoded_len) says of the packed Envelope,
+/// without packing it.
+pub fn packed_body_len<M: Message + Name>(header: &Envelope, message: &M) -> usize {
+    PackedLen::of(header, message).body_len
+}
+
 /// Writes `header` with `message` packed as its `data`, as one frame at the
 /// end of `dst`: the same bytes as [`encode_frame`] of
 /// `Envelope { data: Some(pack_any(message)), ..header.clone() }`, but the
@@ -842,21 +884,13 @@ pub fn encode_packed_frame<M: Message + Name>(
     max_frame_length: usize,
     dst: &mut BytesMut,
 ) -> Result<(), FrameError> {
-    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
-    let url_len = type_url_len::<M>();
-    let value_len = message.encoded_len();
-    let any_len = key_len(1)
-        + encoded_len_varint(url_len as u64)
-        + url_len
-        + if value_len == 0 {
-            0
-        } else {
-            key_len(2) + encoded_len_varint(value_len as u64) + value_len
-        };
-    let body_len = header_len(header, true)
-        .saturating_add(key_len(6) + encoded_len_varint(any_len as u64))
-        .saturating_add(any_len)
-        .saturating_add(header_len(header, false));
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    let PackedLen {
+        url_len,
+        value_len,
+        any_len,
+        body_len,
+    } = PackedLen::of(header, message);
     let (prefix, frame_len) = frame_prefix(body_len, max_frame_length)?;
     let start = dst.len();
     dst.reserve(frame_len);
@@ -1477,6 +1511,34 @@ mod tests {
             dst.capacity(),
             dst.len(),
             "one reservation of the exact size"
+        );
+    }
+
+    #[test]
+    fn packed_body_len_is_the_packed_envelope_len() {
+        use crate::proto::{PingRequest, Stream};
+        let header = Envelope {
+            command: "stream".into(),
+            seq: 70_000,
+            id: "i".into(),
+            rid: "r".repeat(200),
+            ..Envelope::default()
+        };
+        let chunk = Stream {
+            data: Bytes::from(vec![1; 20_000]),
+        };
+        let packed = Envelope {
+            data: Some(crate::envelope::pack_any(&chunk)),
+            ..header.clone()
+        };
+        assert_eq!(packed_body_len(&header, &chunk), packed.encoded_len());
+        let ping = Envelope {
+            data: Some(crate::envelope::pack_any(&PingRequest {})),
+            ..header.clone()
+        };
+        assert_eq!(
+            packed_body_len(&header, &PingRequest {}),
+            ping.encoded_len()
         );
     }
 

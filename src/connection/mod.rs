@@ -89,7 +89,9 @@ use crate::envelope::{
     Request, WireMessage, decode_envelope, encoded_len, error_reply, pack, pack_any, payload,
     reply, unpack, validate_header,
 };
-use crate::frame::{FrameDecoder, LENGTH_PREFIX_LEN, encode_frame};
+use crate::frame::{
+    FrameDecoder, FrameError, LENGTH_PREFIX_LEN, encode_frame, encode_packed_frame, packed_body_len,
+};
 use crate::proto::{
     BeginStream, EndStream, Envelope, ErrorResponse, PingRequest, Stat, Stream, UploadRequest,
 };
@@ -141,7 +143,7 @@ pub struct Connection {
     /// Pending deadlines in order; the `u64` makes equal instants distinct.
     deadlines: BTreeMap<(Instant, u64), String>,
     events: VecDeque<Event>,
-    transmit: VecDeque<Envelope>,
+    transmit: VecDeque<Outgoing>,
     last_recv: Instant,
     last_send: Instant,
     /// When the first byte of the partial frame in the decoder arrived;
@@ -375,15 +377,20 @@ impl Connection {
     /// Encodes queued envelopes as frames into `dst` (one contiguous buffer)
     /// until it holds [`TRANSMIT_BATCH`] bytes or the queue is empty, and
     /// returns how many were added.
+    ///
+    /// A chunk queued by [`send_chunk`](Self::send_chunk) or
+    /// [`send_stream`](Self::send_stream) is encoded here, its payload copied
+    /// once, straight into `dst`.
     pub fn poll_transmit(&mut self, dst: &mut BytesMut) -> usize {
         let mut frames = 0;
         while dst.len() < TRANSMIT_BATCH {
-            let Some(envelope) = self.transmit.pop_front() else {
+            let Some(outgoing) = self.transmit.pop_front() else {
                 break;
             };
-            // `send` checked the size against the same limit, so this
-            // cannot fail; an unlimited bound keeps it infallible.
-            if encode_frame(&envelope, usize::MAX, dst).is_ok() {
+            // `send` and `send_chunk` checked the size against the same
+            // limit, so this cannot fail; an unlimited bound keeps it
+            // infallible.
+            if outgoing.encode(dst).is_ok() {
                 frames += 1;
             }
         }
@@ -392,7 +399,7 @@ impl Connection {
 
     /// The next queued envelope, for transports without framing (gRPC).
     pub fn poll_envelope(&mut self) -> Option<Envelope> {
-        self.transmit.pop_front()
+        self.transmit.pop_front().map(Outgoing::into_envelope)
     }
 
     /// Whether envelopes are waiting to be transmitted.
@@ -534,18 +541,55 @@ impl Connection {
         let digest = checksum.then(|| sha256(&content));
         let begin = sender.begin(digest, stat)?;
         self.queue(begin, now);
-        let chunks: Vec<Envelope> = sender.chunks(content)?.collect();
-        for chunk in chunks {
-            self.queue(chunk, now);
+        let size = self.config.stream().chunk_size().get();
+        let mut rest = content;
+        while !rest.is_empty() {
+            let piece = rest.split_to(rest.len().min(size));
+            let (header, chunk) = sender.chunk_parts(piece)?;
+            self.queue_outgoing(Outgoing::Chunk { header, chunk }, now);
         }
         let end = sender.end()?;
         self.queue(end, now);
         Ok(())
     }
 
+    /// Queues the next chunk of `sender`'s transfer, its payload kept as
+    /// `data` until [`poll_transmit`](Self::poll_transmit) frames it: one
+    /// copy of the payload, where [`send`](Self::send) of
+    /// [`StreamSender::chunk`] makes two (into the envelope's `Any`, then
+    /// into the frame). The bytes on the wire are the same.
+    ///
+    /// # Errors
+    ///
+    /// A stream usage error from [`StreamSender::chunk_parts`],
+    /// [`Error::TooLarge`] over the max frame length, or the error that
+    /// ended the connection. Nothing is queued on error.
+    pub fn send_chunk(
+        &mut self,
+        sender: &mut StreamSender,
+        data: Bytes,
+        now: Instant,
+    ) -> Result<(), Error> {
+        self.check()?;
+        let (mut header, chunk) = sender.chunk_parts(data)?;
+        header.id = self.fresh_id();
+        let len = packed_body_len(&header, &chunk);
+        let max = self
+            .config
+            .frame()
+            .max_frame_length()
+            .min(u32::MAX as usize);
+        if len > max {
+            return Err(Error::TooLarge { len, max });
+        }
+        self.queue_outgoing(Outgoing::Chunk { header, chunk }, now);
+        Ok(())
+    }
+
     /// A sender for the transfer `rid`, for callers that produce the data
-    /// piece by piece (a file read in chunks); [`send`](Self::send) each
-    /// envelope it returns.
+    /// piece by piece (a file read in chunks): [`send`](Self::send) the
+    /// `beginstream` and `endstream` envelopes it returns, and give it to
+    /// [`send_chunk`](Self::send_chunk) for each chunk.
     ///
     /// # Errors
     ///
@@ -881,14 +925,19 @@ impl Connection {
         digits.iter().rev().collect()
     }
 
-    fn queue(&mut self, mut envelope: Envelope, now: Instant) {
-        if envelope.id.is_empty() {
-            envelope.id = self.fresh_id();
+    fn queue(&mut self, envelope: Envelope, now: Instant) {
+        self.queue_outgoing(Outgoing::Envelope(envelope), now);
+    }
+
+    fn queue_outgoing(&mut self, mut outgoing: Outgoing, now: Instant) {
+        let header = outgoing.header_mut();
+        if header.id.is_empty() {
+            header.id = self.fresh_id();
         }
-        envelope.seq = self.next_seq;
+        header.seq = self.next_seq;
         self.next_seq = seq_successor(self.next_seq);
         self.last_send = now;
-        self.transmit.push_back(envelope);
+        self.transmit.push_back(outgoing);
     }
 
     /// Ends the connection with a fatal `error`: tells the peer, fails
@@ -929,6 +978,44 @@ impl Connection {
         }
         self.deadlines.clear();
         self.error = Some(error);
+    }
+}
+
+/// A queued message: an envelope, or a `stream` chunk kept typed until it
+/// is framed, so that its payload is copied once (see
+/// [`Connection::send_chunk`]).
+#[derive(Debug)]
+enum Outgoing {
+    Envelope(Envelope),
+    Chunk { header: Envelope, chunk: Stream },
+}
+
+impl Outgoing {
+    fn header_mut(&mut self) -> &mut Envelope {
+        match self {
+            Self::Envelope(envelope)
+            | Self::Chunk {
+                header: envelope, ..
+            } => envelope,
+        }
+    }
+
+    /// Appends the frame; fails only above `u32::MAX` bytes.
+    fn encode(&self, dst: &mut BytesMut) -> Result<(), FrameError> {
+        match self {
+            Self::Envelope(envelope) => encode_frame(envelope, usize::MAX, dst),
+            Self::Chunk { header, chunk } => encode_packed_frame(header, chunk, usize::MAX, dst),
+        }
+    }
+
+    fn into_envelope(self) -> Envelope {
+        match self {
+            Self::Envelope(envelope) => envelope,
+            Self::Chunk { header, chunk } => Envelope {
+                data: Some(pack_any(&chunk)),
+                ..header
+            },
+        }
     }
 }
 

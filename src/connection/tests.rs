@@ -875,3 +875,61 @@ fn large_receive_buffer_is_given_back_when_input_stops() {
     assert!(server.decoder.capacity() <= 2 * crate::frame::DEFAULT_READ_STEP);
     assert_eq!(server.poll_timeout(), None);
 }
+
+#[test]
+fn send_chunk_writes_the_same_frames_as_send_of_chunk() {
+    let now = Instant::now();
+    let (mut typed, _) = pair(now);
+    let (mut owned, _) = pair(now);
+    let data = Bytes::from(vec![9u8; 100_000]);
+    let mut a = typed.stream_sender("u1").unwrap();
+    let mut b = owned.stream_sender("u1").unwrap();
+    typed.send(a.begin(None, None).unwrap(), now).unwrap();
+    owned.send(b.begin(None, None).unwrap(), now).unwrap();
+    for piece in [data.slice(..60_000), data.slice(60_000..)] {
+        typed.send_chunk(&mut a, piece.clone(), now).unwrap();
+        owned.send(b.chunk(piece).unwrap(), now).unwrap();
+    }
+    typed.send(a.end().unwrap(), now).unwrap();
+    owned.send(b.end().unwrap(), now).unwrap();
+    assert_eq!(typed.queued_transmit(), 4);
+    let (mut x, mut y) = (BytesMut::new(), BytesMut::new());
+    while typed.poll_transmit(&mut x) > 0 {}
+    while owned.poll_transmit(&mut y) > 0 {}
+    assert_eq!(x, y);
+    // Without framing (gRPC) the chunk comes out packed, as `chunk` makes it.
+    let mut c = typed.stream_sender("u2").unwrap();
+    c.begin(None, None).unwrap();
+    typed.send_chunk(&mut c, data.slice(..10), now).unwrap();
+    let envelope = typed.poll_envelope().unwrap();
+    assert_eq!(
+        (envelope.command.as_str(), envelope.rid.as_str()),
+        ("stream", "u2")
+    );
+    let chunk = envelope.unpack::<Stream>(Validation::Strict).unwrap();
+    assert_eq!(chunk.data, data.slice(..10));
+}
+
+#[test]
+fn send_chunk_refuses_what_the_sender_or_the_frame_limit_refuses() {
+    let now = Instant::now();
+    let mut config = ConnectionConfig::default();
+    config.frame_mut().set_max_frame_length(1000);
+    let mut conn = Connection::new(Role::Client, config, now);
+    let mut sender = conn.stream_sender("u1").unwrap();
+    assert!(matches!(
+        conn.send_chunk(&mut sender, Bytes::from_static(b"x"), now),
+        Err(Error::Usage(
+            crate::stream::UsageError::StreamNotOpen { .. }
+        ))
+    ));
+    sender.begin(None, None).unwrap();
+    assert!(matches!(
+        conn.send_chunk(&mut sender, Bytes::from(vec![0; 2000]), now),
+        Err(Error::TooLarge { max: 1000, .. })
+    ));
+    assert!(!conn.has_transmit());
+    conn.send_chunk(&mut sender, Bytes::from(vec![0; 500]), now)
+        .unwrap();
+    assert_eq!(conn.queued_transmit(), 1);
+}

@@ -100,7 +100,7 @@
 //! | call     | Idle                  | Open                    | Ended                   |
 //! |----------|-----------------------|-------------------------|-------------------------|
 //! | `begin`  | → Open                | `Err(AlreadyBegun)`     | `Err(AlreadyFinished)`  |
-//! | `chunk`  | `Err(StreamNotOpen)`  | Open                    | `Err(AlreadyFinished)`  |
+//! | `chunk`, `chunk_parts` | `Err(StreamNotOpen)`  | Open      | `Err(AlreadyFinished)`  |
 //! | `chunks` | `Err(StreamNotOpen)`  | Open                    | `Err(AlreadyFinished)`  |
 //! | `end`    | `Err(StreamNotOpen)`  | → Ended                 | `Err(AlreadyFinished)`  |
 //!

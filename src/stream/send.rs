@@ -120,10 +120,68 @@ impl StreamSender {
         }
     }
 
+    /// The `stream` envelope [`chunk`](Self::chunk) would build, in two
+    /// parts: the header (`command` and `rid`, no `data`) and the payload
+    /// as a typed [`Stream`] whose `data` is `data` itself. Same checks and
+    /// counts as `chunk`.
+    ///
+    /// `chunk` encodes the payload into the `Any` (one copy of `data`), and
+    /// framing the envelope copies it again. Written with
+    /// [`encode_packed_frame`](crate::frame::encode_packed_frame), or queued
+    /// with [`Connection::send_chunk`](crate::connection::Connection::send_chunk),
+    /// the parts produce the same bytes with one copy of `data`, straight
+    /// into the frame.
+    ///
+    /// ```
+    /// use bytes::{Bytes, BytesMut};
+    /// use openiap_wire::frame::{DEFAULT_MAX_FRAME_LENGTH, encode_frame, encode_packed_frame};
+    /// use openiap_wire::stream::{StreamConfig, StreamSender};
+    ///
+    /// let config = StreamConfig::default();
+    /// let (mut a, mut b) = (StreamSender::new("u1", &config)?, StreamSender::new("u1", &config)?);
+    /// a.begin(None, None)?;
+    /// b.begin(None, None)?;
+    /// let data = Bytes::from(vec![7; 1000]);
+    ///
+    /// let mut via_envelope = BytesMut::new();
+    /// encode_frame(&a.chunk(data.clone())?, DEFAULT_MAX_FRAME_LENGTH, &mut via_envelope)?;
+    /// let (header, chunk) = b.chunk_parts(data)?;
+    /// let mut direct = BytesMut::new();
+    /// encode_packed_frame(&header, &chunk, DEFAULT_MAX_FRAME_LENGTH, &mut direct)?;
+    /// assert_eq!(direct, via_envelope);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`chunk`](Self::chunk).
+    pub fn chunk_parts(&mut self, data: Bytes) -> Result<(Envelope, Stream), UsageError> {
+        match self.state {
+            SendState::Open if data.len() > self.chunk_size.get() => {
+                Err(UsageError::ChunkTooLarge {
+                    rid: self.rid.clone(),
+                    len: data.len(),
+                    max: self.chunk_size.get(),
+                })
+            }
+            SendState::Open => {
+                self.count(&data);
+                Ok((self.header(STREAM_COMMAND), Stream { data }))
+            }
+            SendState::Idle => Err(UsageError::StreamNotOpen {
+                rid: self.rid.clone(),
+            }),
+            _ => Err(UsageError::AlreadyFinished {
+                rid: self.rid.clone(),
+            }),
+        }
+    }
+
     /// Splits `data` into `stream` envelopes of at most the chunk size. The
     /// split is zero-copy (`Bytes` slices); encoding each chunk into its
-    /// `Any` copies it once, as protobuf nesting requires. Empty `data`
-    /// yields nothing.
+    /// `Any` copies it once, as an owned `Envelope` requires (see
+    /// [`chunk_parts`](Self::chunk_parts) for the way around it). Empty
+    /// `data` yields nothing.
     pub fn chunks(&mut self, data: Bytes) -> Result<Chunks<'_>, UsageError> {
         match self.state {
             SendState::Open => Ok(Chunks {
@@ -156,23 +214,35 @@ impl StreamSender {
         }
     }
 
-    fn stream_envelope(&mut self, data: Bytes) -> Envelope {
+    /// Counts one chunk of `data`.
+    fn count(&mut self, data: &Bytes) {
         self.bytes = self
             .bytes
             .saturating_add(u64::try_from(data.len()).unwrap_or(u64::MAX));
         self.chunks = self.chunks.saturating_add(1);
+    }
+
+    fn stream_envelope(&mut self, data: Bytes) -> Envelope {
+        self.count(&data);
         self.envelope(STREAM_COMMAND, &Stream { data })
+    }
+
+    /// An envelope of this transfer without data.
+    fn header(&self, command: &str) -> Envelope {
+        Envelope {
+            command: command.to_owned(),
+            rid: self.rid.clone(),
+            ..Envelope::default()
+        }
     }
 
     fn envelope<M: Message + Name>(&self, command: &str, message: &M) -> Envelope {
         Envelope {
-            command: command.to_owned(),
-            rid: self.rid.clone(),
             data: Some(Any {
                 type_url: M::type_url(),
                 value: Bytes::from(message.encode_to_vec()),
             }),
-            ..Envelope::default()
+            ..self.header(command)
         }
     }
 }
@@ -318,6 +388,39 @@ mod tests {
             Bytes::from_static(b"abcd")
         );
         assert_eq!((sender.bytes_sent(), sender.chunks_sent()), (4, 1));
+    }
+
+    #[test]
+    fn chunk_parts_frame_like_chunk_and_share_the_data() {
+        use crate::frame::{DEFAULT_MAX_FRAME_LENGTH, encode_frame, encode_packed_frame};
+        let (mut a, mut b) = (sender(8), sender(8));
+        a.begin(None, None).unwrap();
+        b.begin(None, None).unwrap();
+        let data = Bytes::from_static(b"abcdefgh");
+        let mut envelope = a.chunk(data.clone()).unwrap();
+        let (mut header, chunk) = b.chunk_parts(data.clone()).unwrap();
+        assert_eq!(chunk.data.as_ptr(), data.as_ptr(), "no copy");
+        assert_eq!(header.data, None);
+        (envelope.id, envelope.seq) = ("7".into(), 300);
+        (header.id, header.seq) = ("7".into(), 300);
+        let (mut x, mut y) = (bytes::BytesMut::new(), bytes::BytesMut::new());
+        encode_frame(&envelope, DEFAULT_MAX_FRAME_LENGTH, &mut x).unwrap();
+        encode_packed_frame(&header, &chunk, DEFAULT_MAX_FRAME_LENGTH, &mut y).unwrap();
+        assert_eq!(x, y);
+        assert_eq!((b.bytes_sent(), b.chunks_sent()), (8, 1));
+        assert_eq!(
+            b.chunk_parts(Bytes::from_static(b"123456789")).map(|_| ()),
+            Err(UsageError::ChunkTooLarge {
+                rid: "u1".into(),
+                len: 9,
+                max: 8
+            })
+        );
+        b.end().unwrap();
+        assert_eq!(
+            b.chunk_parts(data).map(|_| ()),
+            Err(UsageError::AlreadyFinished { rid: "u1".into() })
+        );
     }
 
     #[test]
