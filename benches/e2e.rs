@@ -13,10 +13,13 @@
 //! and transport our client (`openiap_wire::client::bench::measure`, the code
 //! behind `openiap-client bench`) signs in, times sequential pings, uploads
 //! the source file and downloads it again (checksums verified). In the same
-//! run: a raw loopback copy of the same file with no protocol, over TCP and a
-//! Unix socket, and the Node peer (`tests/interop/node-bench.js`: the pinned
-//! `@openiap/nodeapi` client against `node-server.js`). Medians of the runs
-//! and ratios are printed as Markdown.
+//! run: raw loopback baselines with no protocol, over TCP and a Unix socket
+//! (round trips of a 64-byte message to an echo in another process, this
+//! binary's `raw-echo` mode; copies of the same file, with and without
+//! `fsync`, and memory to memory), and the Node peer
+//! (`tests/interop/node-bench.js`: the pinned `@openiap/nodeapi` client
+//! against `node-server.js`). Medians of the runs and ratios are printed as
+//! Markdown.
 //!
 //! Memory: server RSS (`/proc/<pid>/status`) before and after opening and
 //! signing in many idle socket connections from this process, then every one
@@ -61,12 +64,14 @@ const OPEN_AT_ONCE: usize = 128;
 type Failure = Box<dyn std::error::Error>;
 
 fn main() {
-    let mode = std::env::args()
+    let words: Vec<String> = std::env::args()
         .skip(1)
-        .find(|a| !a.starts_with('-'))
-        .unwrap_or_else(|| "e2e".to_owned());
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let mode = words.first().map_or("e2e", String::as_str);
     let settings = Settings::from_env();
-    let result = match mode.as_str() {
+    let result = match mode {
+        "raw-echo" => raw_echo(words.get(1..).unwrap_or_default()),
         "e2e" => end_to_end(&settings),
         "memory" => memory(&settings),
         "all" => end_to_end(&settings).and_then(|()| memory(&settings)),
@@ -449,6 +454,77 @@ fn raw_copy(sock: Sock, kind: Raw, source: &Path, bytes: u64, dir: &Path) -> Res
     Ok(mib_per_s(bytes, finished.duration_since(started)))
 }
 
+/// Size of the raw round-trip message: about a framed ping envelope.
+const RAW_PING_BYTES: usize = 64;
+
+/// `count` raw round trips of a 64-byte message over a loopback socket
+/// (TCP with `TCP_NODELAY`, or Unix) to an echo in another process (this
+/// binary in its `raw-echo` mode), as between our client and server: the
+/// floor of a ping round trip here. Returns round trips per second.
+fn raw_round_trips(sock: Sock, count: u32, dir: &Path) -> Result<f64, Failure> {
+    let socket_path = dir.join("raw-ping.sock");
+    let _ = std::fs::remove_file(&socket_path);
+    let mut command = Command::new(std::env::current_exe()?);
+    command.arg("raw-echo");
+    match sock {
+        Sock::Tcp => command.arg("tcp"),
+        Sock::Unix => command.arg("unix").arg(&socket_path),
+    };
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut ready)?;
+    let mut stream: Box<dyn Duplex> = match sock {
+        Sock::Tcp => {
+            let stream = std::net::TcpStream::connect(ready.trim())?;
+            stream.set_nodelay(true)?;
+            Box::new(stream)
+        }
+        Sock::Unix => Box::new(std::os::unix::net::UnixStream::connect(&socket_path)?),
+    };
+    let mut buf = [7u8; RAW_PING_BYTES];
+    let started = Instant::now();
+    for _ in 0..count {
+        stream.write_all(&buf)?;
+        stream.read_exact(&mut buf)?;
+    }
+    let elapsed = started.elapsed();
+    drop(stream);
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&socket_path);
+    Ok(f64::from(count) / elapsed.as_secs_f64().max(1e-9))
+}
+
+/// The `raw-echo` mode: accepts one connection (TCP on a free loopback
+/// port, printed on stdout, or the Unix socket at the given path, printed
+/// once bound) and echoes 64-byte messages until EOF.
+fn raw_echo(args: &[String]) -> Result<(), Failure> {
+    let mut stream: Box<dyn Duplex> = match args.first().map(String::as_str) {
+        Some("tcp") => {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            println!("{}", listener.local_addr()?);
+            let stream = listener.accept()?.0;
+            stream.set_nodelay(true)?;
+            Box::new(stream)
+        }
+        Some("unix") => {
+            let path = args.get(1).ok_or("raw-echo unix PATH")?;
+            let listener = std::os::unix::net::UnixListener::bind(path)?;
+            println!("{path}");
+            Box::new(listener.accept()?.0)
+        }
+        _ => return Err("raw-echo tcp | raw-echo unix PATH".into()),
+    };
+    let mut buf = [0u8; RAW_PING_BYTES];
+    while stream.read_exact(&mut buf).is_ok() {
+        stream.write_all(&buf)?;
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // The Node peer
 // ---------------------------------------------------------------------------
@@ -559,9 +635,15 @@ fn end_to_end(settings: &Settings) -> Result<(), Failure> {
     let work = scratch.0.join("work");
     std::fs::create_dir_all(&work)?;
     let mut raw: BTreeMap<(usize, &str), Vec<f64>> = BTreeMap::new();
+    let mut raw_pings: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut ours: BTreeMap<&str, Series> = BTreeMap::new();
     let mut node: BTreeMap<&str, Series> = BTreeMap::new();
     for run in 0..settings.runs {
+        for (name, sock) in [("tcp", Sock::Tcp), ("unix", Sock::Unix)] {
+            let rate = raw_round_trips(sock, settings.pings.max(1), &scratch.0)?;
+            eprintln!("run {run}: raw {name} round trips: {rate:.0}/s");
+            raw_pings.entry(name).or_default().push(rate);
+        }
         for (k, kind) in RAW_KINDS.into_iter().enumerate() {
             for (name, sock) in [("tcp", Sock::Tcp), ("unix", Sock::Unix)] {
                 let rate = raw_copy(sock, kind, &source, bytes, &scratch.0)?;
@@ -616,7 +698,10 @@ fn end_to_end(settings: &Settings) -> Result<(), Failure> {
         report(
             settings,
             &transports,
-            &raw,
+            &Raws {
+                copies: &raw,
+                round_trips: &raw_pings,
+            },
             &ours,
             &node,
             node_skip.as_deref()
@@ -641,10 +726,16 @@ fn percent(a: f64, b: f64) -> String {
     }
 }
 
+/// The raw baselines of a run: copies by (kind, socket), round trips by socket.
+struct Raws<'a> {
+    copies: &'a BTreeMap<(usize, &'a str), Vec<f64>>,
+    round_trips: &'a BTreeMap<&'a str, Vec<f64>>,
+}
+
 fn report(
     settings: &Settings,
     transports: &[&str],
-    raw: &BTreeMap<(usize, &str), Vec<f64>>,
+    raws: &Raws<'_>,
     ours: &BTreeMap<&str, Series>,
     node: &BTreeMap<&str, Series>,
     node_skip: Option<&str>,
@@ -658,13 +749,25 @@ fn report(
     if let Some(why) = node_skip {
         let _ = writeln!(out, "Node rows skipped: {why}\n");
     }
+    let raw = raws.copies;
     let empty = Series::default();
-    let _ = writeln!(out, "Sequential ping round trips per second:\n");
-    let _ = writeln!(out, "| transport | ours | Node | ours / Node |");
-    let _ = writeln!(out, "|-----------|------|------|-------------|");
+    let _ = writeln!(
+        out,
+        "Sequential ping round trips per second (raw: a {RAW_PING_BYTES}-byte message echoed over the same socket kind, no protocol; ws and gRPC run over TCP):\n"
+    );
+    let _ = writeln!(
+        out,
+        "| transport | ours | Node | ours / Node | raw round trips | ours / raw |"
+    );
+    let _ = writeln!(
+        out,
+        "|-----------|------|------|-------------|-----------------|------------|"
+    );
     for t in transports {
         let o = ours.get(t).unwrap_or(&empty);
         let n = node.get(t).unwrap_or(&empty);
+        let sock = if *t == "pipe" { "unix" } else { "tcp" };
+        let r = raws.round_trips.get(sock).map_or(&[][..], Vec::as_slice);
         let counts = if n.ping_counts.iter().any(|&c| c < u64::from(settings.pings)) {
             format!(
                 " (pings sent: {})",
@@ -678,12 +781,15 @@ fn report(
         };
         let _ = writeln!(
             out,
-            "| {t} | {:.0} [{}] | {:.0} [{}]{counts} | **{}** |",
+            "| {t} | {:.0} [{}] | {:.0} [{}]{counts} | **{}** | {:.0} [{}] | {} |",
             median(&o.pings),
             runs_text(&o.pings, 0),
             median(&n.pings),
             runs_text(&n.pings, 0),
             ratio(median(&o.pings), median(&n.pings)),
+            median(r),
+            runs_text(r, 0),
+            percent(median(&o.pings), median(r)),
         );
     }
     let _ = writeln!(out, "\nUpload and download through the server, MiB/s:\n");
