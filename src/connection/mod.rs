@@ -263,7 +263,7 @@ impl Connection {
     ///
     /// # Errors
     ///
-    /// [`FrameError::Truncated`](crate::frame::FrameError::Truncated) when
+    /// [`FrameError::Truncated`] when
     /// a frame was cut off, or the error that ended the connection earlier.
     pub fn handle_eof(&mut self) -> Result<(), Error> {
         self.check()?;

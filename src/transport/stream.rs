@@ -52,7 +52,7 @@ use crate::proto::Envelope;
 use crate::proto::google::protobuf::Any;
 
 /// Frames at least this long are read with a reservation for their rest
-/// (see the [module docs](self)); smaller ones use the decoder's step.
+/// (see the `transport::stream` module docs); smaller ones use the decoder's step.
 pub const LARGE_FRAME: usize = 64 * 1024;
 
 /// The most a large frame's reservation may exceed what has arrived of it
@@ -62,7 +62,7 @@ pub const RESERVE_FLOOR: usize = 256 * 1024 + 1024;
 
 /// Payloads (`Any.value`) at least this long are written from their own
 /// buffer instead of being copied into the frame (see the
-/// [module docs](self)).
+/// `transport::stream` module docs).
 pub const SPLIT_PAYLOAD: usize = 16 * 1024;
 
 /// Most segments handed to one vectored write (a batch is a few frames:
@@ -120,7 +120,7 @@ impl FrameTracker {
 
 /// A byte-stream socket driven as a [`Transport`]: reads go straight into
 /// the connection's receive buffer; writes frame one batch of the
-/// connection's envelopes at a time (see the [module docs](self)).
+/// connection's envelopes at a time (see the `transport::stream` module docs).
 #[derive(Debug)]
 pub struct ByteStream<S> {
     io: S,
