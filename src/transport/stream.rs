@@ -11,9 +11,10 @@
 //! Envelopes are framed here, byte for byte as
 //! [`encode_frame`](crate::frame::encode_frame) does, up to
 //! [`TRANSMIT_BATCH`] bytes at a time. Small frames are packed into one
-//! buffer; a payload of at least [`SPLIT_PAYLOAD`] bytes (a file chunk) is
-//! not copied: its frame goes out as the bytes before it, the payload's own
-//! buffer and the bytes after it, in one vectored write.
+//! reused buffer and written from it; a payload of at least
+//! [`SPLIT_PAYLOAD`] bytes (a file chunk) is not copied: its frame goes out
+//! as the bytes before it, the payload's own buffer and the bytes after it,
+//! in one vectored write.
 //!
 //! # Read sizes
 //!
@@ -156,7 +157,9 @@ impl<S> ByteStream<S> {
         self.queued + self.staging.len()
     }
 
-    /// Frames envelopes from `conn` until a batch is ready.
+    /// Frames envelopes from `conn` until a batch is ready. A batch of small
+    /// frames stays in `staging` and is written from there; once a large
+    /// payload made segments, what follows it is sealed into one too.
     fn fill(&mut self, conn: &mut Connection) {
         while self.unsent() < TRANSMIT_BATCH {
             let Some(envelope) = conn.poll_envelope() else {
@@ -164,7 +167,9 @@ impl<S> ByteStream<S> {
             };
             self.frame(envelope);
         }
-        self.seal();
+        if !self.segments.is_empty() {
+            self.seal();
+        }
     }
 
     /// Moves the staged bytes to the segments.
@@ -289,17 +294,18 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for ByteStream<S> {
         conn: &mut Connection,
     ) -> Poll<Result<(), TransportError>> {
         loop {
-            if self.segments.is_empty() {
+            if self.segments.is_empty() && self.staging.is_empty() {
                 self.fill(conn);
-                if self.segments.is_empty() {
+                if self.segments.is_empty() && self.staging.is_empty() {
                     ready!(Pin::new(&mut self.io).poll_flush(cx))?;
                     return Poll::Ready(Ok(()));
                 }
             }
             let io = Pin::new(&mut self.io);
             let n = match (self.segments.len(), self.segments.front()) {
-                // The common case (small frames packed together): a plain
-                // write.
+                // Small frames only: written from the staging buffer, which
+                // is reused for the next batch.
+                (0, _) => ready!(io.poll_write(cx, &self.staging))?,
                 (1, Some(only)) => ready!(io.poll_write(cx, only))?,
                 _ => {
                     let mut slices = [IoSlice::new(&[]); MAX_SEGMENTS];
@@ -314,7 +320,11 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for ByteStream<S> {
             if n == 0 {
                 return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
             }
-            self.advance(n);
+            if self.segments.is_empty() {
+                self.staging.advance(n.min(self.staging.len()));
+            } else {
+                self.advance(n);
+            }
         }
     }
 
