@@ -120,6 +120,9 @@ impl Error {
             | Self::FrameTimedOut { .. }
             | Self::Closed => true,
             Self::Stream(StreamError::TooManyOpen { .. }) => true,
+            // An undecodable envelope has no readable seq: everything after
+            // it would wait on a gap, so the connection ends on it.
+            Self::Envelope(EnvelopeError::Decode(_)) => true,
             _ => false,
         }
     }
@@ -164,6 +167,20 @@ impl From<&Error> for ErrorResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn undecodable_envelope_is_fatal_missing_id_is_not() {
+        let Err(decode) = crate::envelope::decode_envelope(bytes::Bytes::from_static(b"\xff"))
+        else {
+            panic!("0xFF is not an Envelope");
+        };
+        assert!(matches!(decode, EnvelopeError::Decode(_)));
+        assert!(Error::from(decode).is_connection_fatal());
+        let missing = EnvelopeError::MissingId {
+            command: "ping".into(),
+        };
+        assert!(!Error::from(missing).is_connection_fatal());
+    }
 
     #[test]
     fn frame_too_large_is_fatal_and_maps_to_413() {
