@@ -301,6 +301,8 @@ fn drain_view(decoder: &mut FrameDecoder) -> (usize, usize) {
             "ping" => typed::<PingRequest>(&view).encoded_len() + 1,
             "queryreply" => typed::<QueryResponse>(&view).results.len(),
             "stream" => typed::<Stream>(&view).data.len(),
+            // The `connection/stream64k` wire opens with one.
+            "beginstream" => typed::<BeginStream>(&view).encoded_len(),
             other => unreachable!("unexpected command {other}"),
         };
         count += 1;
@@ -585,6 +587,7 @@ fn bench_connection(c: &mut Criterion, workload: &Workload) {
         })
         .sum();
     assert_eq!(total, expected_total);
+    assert_eq!(decode_view(input()).0, events);
     let mut group = c.benchmark_group(format!("connection/{}", workload.name));
     group.throughput(Throughput::Bytes(wire.len() as u64));
     group.bench_function("connection", |b| {

@@ -465,6 +465,10 @@ pub struct FrameDecoder {
     /// Size of the allocation behind `buf`, as far as the decoder knows
     /// (`buf.capacity()` only counts from the first unread byte).
     allocation: usize,
+    /// Whole frames, prefixes included, split off `buf` in one piece and
+    /// handed out one by one: when a read brings many small frames, one
+    /// `BytesMut` split serves them all.
+    ready: Bytes,
 }
 
 impl Default for FrameDecoder {
@@ -480,6 +484,7 @@ impl FrameDecoder {
             parser: FrameParser::new(config),
             buf: BytesMut::new(),
             allocation: 0,
+            ready: Bytes::new(),
         }
     }
 
@@ -591,6 +596,9 @@ impl FrameDecoder {
     /// return it again from then on.
     #[inline]
     pub fn decode(&mut self) -> Result<Option<Bytes>, FrameError> {
+        if !self.ready.is_empty() {
+            return Ok(Some(self.next_ready()));
+        }
         // Most calls on input fed in small pieces find a frame body still
         // incomplete: answer those without the full state machine.
         if let DecodeState::Data(len) = self.parser.state
@@ -608,6 +616,7 @@ impl FrameDecoder {
         let frame = self.parser.decode_frame(&mut self.buf);
         match &frame {
             Ok(Some(_)) => {
+                self.batch();
                 if self.parser.shrink(&mut self.buf, self.allocation) {
                     self.allocation = self.buf.capacity();
                 }
@@ -615,6 +624,52 @@ impl FrameDecoder {
             Ok(None) => {}
             Err(_) => self.allocation = 0,
         }
+        frame
+    }
+
+    /// Moves the whole frames at the start of `buf` to `ready` in one split,
+    /// when there are at least two (for one, the split is all the work
+    /// there is). A prefix the parser would refuse ends the batch: its
+    /// error comes once the frames before it are out.
+    fn batch(&mut self) {
+        let max = self.parser.config.max_frame_length;
+        let reject_empty = self.parser.config.zero_length == ZeroLengthPolicy::Reject;
+        let mut recent = self.parser.recent_frame;
+        let (mut end, mut frames) = (0usize, 0usize);
+        while let Some(prefix) = self.buf.get(end..).and_then(<[u8]>::first_chunk::<4>) {
+            let len = usize::try_from(u32::from_le_bytes(*prefix)).unwrap_or(usize::MAX);
+            if len > max || (len == 0 && reject_empty) {
+                break;
+            }
+            let Some(next) = end
+                .checked_add(LENGTH_PREFIX_LEN)
+                .and_then(|start| start.checked_add(len))
+                .filter(|&next| next <= self.buf.len())
+            else {
+                break;
+            };
+            let total = next - end;
+            recent = total.max(recent - recent / 16);
+            end = next;
+            frames += 1;
+        }
+        if frames >= 2 {
+            self.parser.recent_frame = recent;
+            self.ready = self.buf.split_to(end).freeze();
+        }
+    }
+
+    /// The next frame of `ready`, whose prefixes [`batch`](Self::batch)
+    /// checked and whose bodies it found whole.
+    #[inline]
+    fn next_ready(&mut self) -> Bytes {
+        let len = self
+            .ready
+            .first_chunk::<4>()
+            .map_or(0, |prefix| u32::from_le_bytes(*prefix) as usize);
+        let end = LENGTH_PREFIX_LEN.saturating_add(len).min(self.ready.len());
+        let mut frame = self.ready.split_to(end);
+        frame.advance(LENGTH_PREFIX_LEN.min(frame.len()));
         frame
     }
 
@@ -654,6 +709,16 @@ impl FrameDecoder {
     /// [`FrameError::Truncated`] when bytes of an incomplete frame are left
     /// (this poisons the decoder), or the error that poisoned it earlier.
     pub fn finish(&mut self) -> Result<(), FrameError> {
+        if !self.ready.is_empty() && !self.parser.is_poisoned() {
+            // Whole frames not taken yet count as left over, as ever.
+            let err = FrameError::Truncated {
+                buffered: self.buffered(),
+            };
+            self.parser.poison(err.clone(), &mut self.buf);
+            self.ready = Bytes::new();
+            self.allocation = 0;
+            return Err(err);
+        }
         let result = self.parser.finish(&mut self.buf);
         if result.is_err() {
             self.allocation = 0;
@@ -664,7 +729,10 @@ impl FrameDecoder {
     /// Bytes received and not yet delivered as a frame, including a length
     /// prefix already read. Zero after an error.
     pub fn buffered(&self) -> usize {
-        self.parser.buffered(&self.buf)
+        if self.parser.is_poisoned() {
+            return 0;
+        }
+        self.parser.buffered(&self.buf) + self.ready.len()
     }
 
     /// Size in bytes of the receive buffer's allocation: the memory the
@@ -1152,6 +1220,63 @@ mod tests {
         decoder.push(&wire);
         let frames = decode_all(&mut decoder);
         assert_eq!(frames, [&b"abc"[..], b"defgh", b"i"]);
+    }
+
+    #[test]
+    fn batched_frames_come_before_the_error_behind_them() {
+        let mut decoder = FrameDecoder::new(config_with_max(8));
+        let mut wire = BytesMut::new();
+        for body in [&b"a"[..], b"bc", b"", b"defgh"] {
+            wire.extend_from_slice(&frame(body));
+        }
+        wire.extend_from_slice(&frame(&[0; 9]));
+        let message = wire.freeze();
+        let range = message.as_ptr_range();
+        decoder.push_bytes(message);
+        for body in [&b"a"[..], b"bc", b"", b"defgh"] {
+            let got = decoder.decode().unwrap().unwrap();
+            assert_eq!(got, body);
+            assert!(
+                got.is_empty() || range.contains(&got.as_ptr()),
+                "shares the message"
+            );
+        }
+        let err = FrameError::TooLarge { len: 9, max: 8 };
+        assert_eq!(decoder.decode(), Err(err.clone()));
+        assert_eq!(decoder.decode(), Err(err));
+
+        let mut config = FrameConfig::default();
+        config.set_zero_length(ZeroLengthPolicy::Reject);
+        let mut decoder = FrameDecoder::new(config);
+        let mut wire = frame(b"x");
+        wire.extend(frame(b"yz"));
+        wire.extend(frame(b""));
+        decoder.push(&wire);
+        assert_eq!(decoder.decode().unwrap().as_deref(), Some(&b"x"[..]));
+        assert_eq!(decoder.decode().unwrap().as_deref(), Some(&b"yz"[..]));
+        assert_eq!(decoder.decode(), Err(FrameError::Empty));
+    }
+
+    #[test]
+    fn finish_counts_whole_frames_not_taken() {
+        let mut decoder = FrameDecoder::default();
+        let mut wire = frame(b"one");
+        wire.extend(frame(b"two"));
+        wire.extend(frame(b"three"));
+        wire.extend(&[9, 0]);
+        decoder.push(&wire);
+        assert_eq!(decoder.decode().unwrap().as_deref(), Some(&b"one"[..]));
+        let left = wire.len() - 7;
+        assert_eq!(decoder.buffered(), left);
+        assert_eq!(
+            decoder.finish(),
+            Err(FrameError::Truncated { buffered: left })
+        );
+        assert_eq!(decoder.buffered(), 0);
+        assert_eq!(
+            decoder.decode(),
+            Err(FrameError::Truncated { buffered: left })
+        );
     }
 
     #[test]

@@ -189,6 +189,7 @@ impl<'a> EnvelopeView<'a> {
     /// A [`ViewError`] when `frame` is not a valid protobuf `Envelope`
     /// (exactly when [`decode_envelope`](crate::envelope::decode_envelope)
     /// fails).
+    #[inline(always)]
     pub fn parse(frame: &'a Bytes) -> Result<Self, ViewError> {
         let mut view = Self {
             frame,
@@ -301,7 +302,7 @@ impl<'a> EnvelopeView<'a> {
     }
 
     /// Whether the type URL names `M` exactly, `[prefix/]<M::PACKAGE>.<M::NAME>`:
-    /// the [`Validation::Strict`](crate::command::Validation::Strict) rule.
+    /// the [`Validation::Strict`] rule.
     /// For the schema's `openiap` messages this is the same answer as
     /// `self.type_name() == Some(M::NAME)`, compared from the end of the URL
     /// without scanning the prefix.
