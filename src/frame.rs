@@ -282,6 +282,7 @@ impl FrameParser {
 
     /// Decodes the next frame body out of a buffer the caller owns (the
     /// tokio-util codec), shrinking it as [`shrink`](Self::shrink) says.
+    #[cfg_attr(not(feature = "codec"), allow(dead_code))]
     pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Bytes>, FrameError> {
         let frame = self.decode_frame(buf)?;
         if let Some(frame) = &frame {
