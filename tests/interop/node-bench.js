@@ -83,6 +83,13 @@ function main() {
     emitJson({ error: `uncaught: ${errorMessage(e)}` });
     finish(EXIT.FAILED);
   });
+  // Stopped from outside: still stop the server and remove the temporary files.
+  for (const signal of ["SIGTERM", "SIGINT"]) {
+    process.on(signal, () => {
+      emitJson({ error: `stopped by ${signal}` });
+      finish(EXIT.FAILED);
+    });
+  }
   (async () => {
     const expected = args.sha256 ? args.sha256.toLowerCase() : await fileSha256(args.file);
     const password = crypto.randomBytes(9).toString("hex");
