@@ -21,6 +21,7 @@
 //! | `chunk_then_frame` | `StreamSender::chunk` (payload encoded into the `Any`: a copy) + `encode_frame` (a second copy) |
 //! | `chunk_parts`      | `StreamSender::chunk_parts` + `encode_packed_frame`: one copy        |
 //! | `connection`       | `Connection::send_stream` of the whole file, then `poll_transmit`    |
+//! | `connection_vectored` | the same with `poll_transmit_vectored`: chunks are not copied at all |
 //!
 //! `cargo bench --bench stream -- --warm-up-time 1 --measurement-time 3`
 
@@ -210,6 +211,29 @@ fn connection_send(file: &Bytes, chunk_size: usize) -> usize {
     out.written
 }
 
+/// As [`connection_send`], for a transport that writes vectored: chunks are
+/// never copied, only the bytes around them go through the buffer.
+fn connection_send_vectored(file: &Bytes, chunk_size: usize) -> usize {
+    let now = Instant::now();
+    let mut config = ConnectionConfig::default();
+    config.set_keepalive_interval(None);
+    *config.stream_mut() = stream_config(chunk_size);
+    let mut conn = Connection::new(Role::Server, config, now);
+    conn.send_stream("u1", file.clone(), false, None, now)
+        .expect("stream");
+    let mut out = Transmit::new(chunk_size);
+    loop {
+        let data = conn.poll_transmit_vectored(&mut out.buf);
+        let done = data.is_none() && out.buf.is_empty();
+        // One vectored write: the buffer, then the chunk's own bytes.
+        out.written += data.map_or(0, |data| black_box(data).len());
+        out.flush();
+        if done {
+            return out.written;
+        }
+    }
+}
+
 fn bench_send(c: &mut Criterion, file: &Bytes) {
     let mut group = c.benchmark_group("stream_send");
     group.throughput(Throughput::Bytes(TOTAL as u64));
@@ -219,12 +243,17 @@ fn bench_send(c: &mut Criterion, file: &Bytes) {
         assert_eq!(chunk_parts(file, chunk_size), framed);
         // The connection adds beginstream and endstream.
         assert!(connection_send(file, chunk_size) > framed);
+        assert_eq!(
+            connection_send_vectored(file, chunk_size),
+            connection_send(file, chunk_size)
+        );
         assert_eq!(copy_floor(file, chunk_size), TOTAL);
-        let sends: [(&str, SendFn); 4] = [
+        let sends: [(&str, SendFn); 5] = [
             ("copy_floor", copy_floor),
             ("chunk_then_frame", chunk_then_frame),
             ("chunk_parts", chunk_parts),
             ("connection", connection_send),
+            ("connection_vectored", connection_send_vectored),
         ];
         for (name, send) in sends {
             group.bench_function(BenchmarkId::new(name, label), |b| {

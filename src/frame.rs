@@ -990,6 +990,71 @@ pub fn encode_packed_frame<M: Message + Name>(
     Ok(())
 }
 
+/// The frame [`encode_packed_frame`] writes for `header` and the file chunk
+/// `chunk`, except the chunk's data: the prefix, the header fields and the
+/// keys and lengths of the `Any` and the `Stream` are appended to `dst`, and
+/// `chunk.data`, written right after them, completes the frame. A transport
+/// that writes vectored (`dst`, then the chunk's `Bytes`) sends a file chunk
+/// without copying it.
+///
+/// Returns `Ok(false)` and writes nothing when the header has `jwt`,
+/// `traceid` or `spanid` (fields that follow `data` in the frame) or the
+/// chunk is empty: encode those with [`encode_packed_frame`].
+///
+/// ```
+/// use bytes::{Bytes, BytesMut};
+/// use openiap_wire::frame::{DEFAULT_MAX_FRAME_LENGTH, encode_chunk_frame_head, encode_packed_frame};
+/// use openiap_wire::proto::{Envelope, Stream};
+///
+/// let header = Envelope { command: "stream".into(), id: "7".into(), rid: "u1".into(), seq: 3, ..Envelope::default() };
+/// let chunk = Stream { data: Bytes::from(vec![1; 5000]) };
+/// let mut whole = BytesMut::new();
+/// encode_packed_frame(&header, &chunk, DEFAULT_MAX_FRAME_LENGTH, &mut whole).unwrap();
+/// let mut head = BytesMut::new();
+/// assert!(encode_chunk_frame_head(&header, &chunk, DEFAULT_MAX_FRAME_LENGTH, &mut head).unwrap());
+/// assert_eq!([&head[..], &chunk.data[..]].concat(), whole);
+/// ```
+///
+/// # Errors
+///
+/// [`FrameError::EncodeTooLarge`] when the whole frame body exceeds
+/// `max_frame_length` (or `u32::MAX`); `dst` is then left unchanged.
+pub fn encode_chunk_frame_head(
+    header: &Envelope,
+    chunk: &crate::proto::Stream,
+    max_frame_length: usize,
+    dst: &mut BytesMut,
+) -> Result<bool, FrameError> {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    let PackedLen {
+        url_len,
+        value_len,
+        any_len,
+        body_len,
+    } = PackedLen::of(header, chunk);
+    let (prefix, frame_len) = frame_prefix(body_len, max_frame_length)?;
+    if chunk.data.is_empty() || header_len(header, false) != 0 {
+        return Ok(false);
+    }
+    dst.reserve(frame_len.saturating_sub(chunk.data.len()));
+    dst.put_u32_le(prefix);
+    encode_header(header, true, dst);
+    encode_key(6, WireType::LengthDelimited, dst);
+    encode_varint(any_len as u64, dst);
+    encode_key(1, WireType::LengthDelimited, dst);
+    encode_varint(url_len as u64, dst);
+    dst.put_slice(TYPE_URL_DOMAIN.as_bytes());
+    dst.put_slice(<crate::proto::Stream as Name>::PACKAGE.as_bytes());
+    dst.put_u8(b'.');
+    dst.put_slice(<crate::proto::Stream as Name>::NAME.as_bytes());
+    encode_key(2, WireType::LengthDelimited, dst);
+    encode_varint(value_len as u64, dst);
+    // `Stream` has one field, `data` (1, bytes): its key and length.
+    encode_key(1, WireType::LengthDelimited, dst);
+    encode_varint(chunk.data.len() as u64, dst);
+    Ok(true)
+}
+
 /// Encodes Envelopes into frames with the limit of a [`FrameConfig`].
 ///
 /// ```
@@ -1666,6 +1731,52 @@ mod tests {
             packed_body_len(&header, &PingRequest {}),
             ping.encoded_len()
         );
+    }
+
+    #[test]
+    fn chunk_frame_head_plus_data_is_the_packed_frame() {
+        use crate::proto::Stream;
+        let mut header = Envelope {
+            command: "stream".into(),
+            seq: 1 << 20,
+            id: "abc".into(),
+            rid: "r".repeat(130),
+            ..Envelope::default()
+        };
+        for len in [1, 127, 128, 70_000] {
+            let chunk = Stream {
+                data: Bytes::from(vec![3; len]),
+            };
+            let mut whole = BytesMut::new();
+            encode_packed_frame(&header, &chunk, DEFAULT_MAX_FRAME_LENGTH, &mut whole).unwrap();
+            let mut head = BytesMut::from(&b"x"[..]);
+            assert!(
+                encode_chunk_frame_head(&header, &chunk, DEFAULT_MAX_FRAME_LENGTH, &mut head)
+                    .unwrap()
+            );
+            assert_eq!([&head[1..], &chunk.data[..]].concat(), whole, "{len}");
+            let mut small = BytesMut::new();
+            assert!(matches!(
+                encode_chunk_frame_head(&header, &chunk, 10, &mut small),
+                Err(FrameError::EncodeTooLarge { max: 10, .. })
+            ));
+            assert!(small.is_empty());
+        }
+        let mut dst = BytesMut::new();
+        let empty = Stream::default();
+        assert_eq!(
+            encode_chunk_frame_head(&header, &empty, DEFAULT_MAX_FRAME_LENGTH, &mut dst),
+            Ok(false)
+        );
+        header.jwt = "j".into();
+        let chunk = Stream {
+            data: Bytes::from_static(b"data"),
+        };
+        assert_eq!(
+            encode_chunk_frame_head(&header, &chunk, DEFAULT_MAX_FRAME_LENGTH, &mut dst),
+            Ok(false)
+        );
+        assert!(dst.is_empty());
     }
 
     #[test]

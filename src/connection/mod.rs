@@ -90,7 +90,8 @@ use crate::envelope::{
     reply, unpack, validate_header,
 };
 use crate::frame::{
-    FrameDecoder, FrameError, LENGTH_PREFIX_LEN, encode_frame, encode_packed_frame, packed_body_len,
+    FrameDecoder, FrameError, LENGTH_PREFIX_LEN, encode_chunk_frame_head, encode_frame,
+    encode_packed_frame, packed_body_len,
 };
 use crate::proto::{
     BeginStream, EndStream, Envelope, ErrorResponse, PingRequest, Stat, Stream, UploadRequest,
@@ -395,6 +396,62 @@ impl Connection {
             }
         }
         frames
+    }
+
+    /// Like [`poll_transmit`](Self::poll_transmit), for a transport that
+    /// can write vectored: stops at the first queued file chunk, writes its
+    /// frame into `dst` up to the chunk's data and returns the data, which
+    /// the transport writes right after `dst` (then calls again). The chunk
+    /// is never copied. Returns `None` once `dst` holds only whole frames
+    /// (the queue is empty or `dst` reached [`TRANSMIT_BATCH`]).
+    ///
+    /// ```
+    /// use std::time::Instant;
+    /// use bytes::{Bytes, BytesMut};
+    /// use openiap_wire::connection::{Connection, ConnectionConfig, Role};
+    ///
+    /// let now = Instant::now();
+    /// let mut a = Connection::new(Role::Server, ConnectionConfig::default(), now);
+    /// let mut b = Connection::new(Role::Server, ConnectionConfig::default(), now);
+    /// let file = Bytes::from(vec![7; 300_000]);
+    /// a.send_stream("u1", file.clone(), true, None, now)?;
+    /// b.send_stream("u1", file, true, None, now)?;
+    ///
+    /// let mut vectored = Vec::new();
+    /// loop {
+    ///     let mut head = BytesMut::new();
+    ///     let data = a.poll_transmit_vectored(&mut head);
+    ///     vectored.extend_from_slice(&head); // a writev of head and data
+    ///     match data {
+    ///         Some(data) => vectored.extend_from_slice(&data),
+    ///         None if head.is_empty() => break,
+    ///         None => {}
+    ///     }
+    /// }
+    /// let mut copied = Vec::new();
+    /// while b.has_transmit() {
+    ///     let mut batch = BytesMut::new();
+    ///     b.poll_transmit(&mut batch);
+    ///     copied.extend_from_slice(&batch);
+    /// }
+    /// assert!(vectored == copied);
+    /// # Ok::<(), openiap_wire::Error>(())
+    /// ```
+    pub fn poll_transmit_vectored(&mut self, dst: &mut BytesMut) -> Option<Bytes> {
+        while dst.len() < TRANSMIT_BATCH {
+            let outgoing = self.transmit.pop_front()?;
+            if let Outgoing::Chunk { header, chunk } = &outgoing
+                && let Ok(true) = encode_chunk_frame_head(header, chunk, usize::MAX, dst)
+            {
+                return match outgoing {
+                    Outgoing::Chunk { chunk, .. } => Some(chunk.data),
+                    Outgoing::Envelope(_) => None,
+                };
+            }
+            // As `poll_transmit`: the size was checked when queued.
+            let _ = outgoing.encode(dst);
+        }
+        None
     }
 
     /// The next queued envelope, for transports without framing (gRPC).

@@ -933,3 +933,44 @@ fn send_chunk_refuses_what_the_sender_or_the_frame_limit_refuses() {
         .unwrap();
     assert_eq!(conn.queued_transmit(), 1);
 }
+
+#[test]
+fn vectored_transmit_writes_the_same_bytes_without_copying_chunks() {
+    let now = Instant::now();
+    let (mut a, _) = pair(now);
+    let (mut b, _) = pair(now);
+    let file = Bytes::from((0..700_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+    for conn in [&mut a, &mut b] {
+        conn.request(&PingRequest {}, now).unwrap();
+        conn.send_stream("u1", file.clone(), true, None, now)
+            .unwrap();
+        conn.request(&PingRequest {}, now).unwrap();
+    }
+    let mut vectored = Vec::new();
+    let mut chunks = 0;
+    loop {
+        let mut head = BytesMut::new();
+        let data = a.poll_transmit_vectored(&mut head);
+        vectored.extend_from_slice(&head);
+        match data {
+            Some(data) => {
+                let range = file.as_ptr_range();
+                assert!(range.contains(&data.as_ptr()), "a slice of the file");
+                vectored.extend_from_slice(&data);
+                chunks += 1;
+            }
+            None if head.is_empty() => break,
+            None => {}
+        }
+    }
+    let mut copied = Vec::new();
+    while b.has_transmit() {
+        let mut batch = BytesMut::new();
+        b.poll_transmit(&mut batch);
+        copied.extend_from_slice(&batch);
+    }
+    assert_eq!(chunks, 3);
+    assert_eq!(vectored.len(), copied.len());
+    let first_difference = vectored.iter().zip(copied.iter()).position(|(x, y)| x != y);
+    assert_eq!(first_difference, None);
+}
