@@ -3,18 +3,19 @@
 //!
 //! ```text
 //!   io ──poll_read_buf──────► conn.read_buf() ──handle_read──► frames
-//!   io ◄──poll_write_vectored── segments ◄──frame── conn.poll_envelope (one batch at a time)
+//!   io ◄──poll_write_vectored── segments ◄── conn.poll_transmit_vectored (one batch at a time)
 //! ```
 //!
 //! # Writes
 //!
-//! Envelopes are framed here, byte for byte as
-//! [`encode_frame`](crate::frame::encode_frame) does, up to
-//! [`TRANSMIT_BATCH`] bytes at a time. Small frames are packed into one
-//! reused buffer and written from it; a payload of at least
-//! [`SPLIT_PAYLOAD`] bytes (a file chunk) is not copied: its frame goes out
-//! as the bytes before it, the payload's own buffer and the bytes after it,
-//! in one vectored write.
+//! The connection frames its queue itself, up to [`TRANSMIT_BATCH`] bytes
+//! at a time, with
+//! [`poll_transmit_vectored`](Connection::poll_transmit_vectored): the
+//! frames go into one reused staging buffer and are written from it, except
+//! a file chunk's data of at least [`SPLIT_PAYLOAD`] bytes, which is not
+//! copied: its frame goes out as the staged bytes before it, the chunk's own
+//! buffer and the bytes after it, in one vectored write. Smaller chunks are
+//! copied into the staging buffer; other envelopes are always framed whole.
 //!
 //! # Read sizes
 //!
@@ -42,15 +43,11 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Recv, Transport, TransportError};
 use crate::connection::{Connection, TRANSMIT_BATCH};
-use crate::frame::{LENGTH_PREFIX_LEN, encode_frame};
-use crate::proto::Envelope;
-use crate::proto::google::protobuf::Any;
+use crate::frame::LENGTH_PREFIX_LEN;
 
 /// Frames at least this long are read with a reservation for their rest
 /// (see the `transport::stream` module docs); smaller ones use the decoder's step.
@@ -61,8 +58,8 @@ pub const LARGE_FRAME: usize = 64 * 1024;
 /// chunk (256 KiB) with its envelope.
 pub const RESERVE_FLOOR: usize = 256 * 1024 + 1024;
 
-/// Payloads (`Any.value`) at least this long are written from their own
-/// buffer instead of being copied into the frame (see the
+/// File chunks at least this long are written from their own buffer
+/// instead of being copied into the staging buffer (see the
 /// `transport::stream` module docs).
 pub const SPLIT_PAYLOAD: usize = 16 * 1024;
 
@@ -120,8 +117,10 @@ impl FrameTracker {
 }
 
 /// A byte-stream socket driven as a [`Transport`]: reads go straight into
-/// the connection's receive buffer; writes frame one batch of the
-/// connection's envelopes at a time (see the `transport::stream` module docs).
+/// the connection's receive buffer; writes take one batch of the
+/// connection's frames at a time from
+/// [`poll_transmit_vectored`](Connection::poll_transmit_vectored) (see the
+/// `transport::stream` module docs).
 #[derive(Debug)]
 pub struct ByteStream<S> {
     io: S,
@@ -157,15 +156,23 @@ impl<S> ByteStream<S> {
         self.queued + self.staging.len()
     }
 
-    /// Frames envelopes from `conn` until a batch is ready. A batch of small
-    /// frames stays in `staging` and is written from there; once a large
-    /// payload made segments, what follows it is sealed into one too.
+    /// Takes frames from `conn` until a batch is ready. A batch of small
+    /// frames stays in `staging` and is written from there; a payload of at
+    /// least [`SPLIT_PAYLOAD`] bytes becomes its own segment, after the
+    /// staged bytes before it, and what follows it is sealed into a segment
+    /// too.
     fn fill(&mut self, conn: &mut Connection) {
         while self.unsent() < TRANSMIT_BATCH {
-            let Some(envelope) = conn.poll_envelope() else {
+            let Some(payload) = conn.poll_transmit_vectored(&mut self.staging) else {
                 break;
             };
-            self.frame(envelope);
+            if payload.len() < SPLIT_PAYLOAD {
+                // Cheaper to copy than to write as a segment of its own.
+                self.staging.extend_from_slice(&payload);
+            } else {
+                self.seal();
+                self.push(payload);
+            }
         }
         if !self.segments.is_empty() {
             self.seal();
@@ -183,56 +190,6 @@ impl<S> ByteStream<S> {
     fn push(&mut self, segment: Bytes) {
         self.queued += segment.len();
         self.segments.push_back(segment);
-    }
-
-    /// Frames one envelope: the same bytes as `encode_frame`, with a large
-    /// payload left in its own buffer.
-    fn frame(&mut self, mut envelope: Envelope) {
-        let split = envelope
-            .data
-            .as_ref()
-            .is_some_and(|any| any.value.len() >= SPLIT_PAYLOAD);
-        let Some(Any { type_url, value }) = envelope.data.take_if(|_| split) else {
-            // `send` checked the size against the max frame length, so
-            // this cannot fail; an unlimited bound keeps it infallible.
-            let _ = encode_frame(&envelope, usize::MAX, &mut self.staging);
-            return;
-        };
-        // Fields 1-5 come before `data` (6), fields 7-9 after it.
-        let after = Envelope {
-            jwt: std::mem::take(&mut envelope.jwt),
-            traceid: std::mem::take(&mut envelope.traceid),
-            spanid: std::mem::take(&mut envelope.spanid),
-            ..Envelope::default()
-        };
-        let url_len = if type_url.is_empty() {
-            0
-        } else {
-            key_len(1) + encoded_len_varint(type_url.len() as u64) + type_url.len()
-        };
-        let any_len = url_len + key_len(2) + encoded_len_varint(value.len() as u64) + value.len();
-        let body_len = envelope.encoded_len()
-            + key_len(6)
-            + encoded_len_varint(any_len as u64)
-            + any_len
-            + after.encoded_len();
-        let Ok(prefix) = u32::try_from(body_len) else {
-            return;
-        };
-        self.staging
-            .reserve(LENGTH_PREFIX_LEN + body_len - value.len() - after.encoded_len());
-        self.staging.put_u32_le(prefix);
-        envelope.encode_raw(&mut self.staging);
-        encode_key(6, WireType::LengthDelimited, &mut self.staging);
-        encode_varint(any_len as u64, &mut self.staging);
-        if !type_url.is_empty() {
-            prost::encoding::string::encode(1, &type_url, &mut self.staging);
-        }
-        encode_key(2, WireType::LengthDelimited, &mut self.staging);
-        encode_varint(value.len() as u64, &mut self.staging);
-        self.seal();
-        self.push(value);
-        after.encode_raw(&mut self.staging);
     }
 
     /// Drops the first `n` bytes of the segments (they were written).
@@ -337,6 +294,9 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for ByteStream<S> {
 mod tests {
     use super::*;
     use crate::connection::{ConnectionConfig, Event, Role};
+    use crate::frame::encode_frame;
+    use crate::proto::Envelope;
+    use crate::proto::google::protobuf::Any;
     use crate::transport::{Driver, Status};
 
     #[tokio::test]
@@ -375,18 +335,57 @@ mod tests {
         sender.await.unwrap();
     }
 
-    /// The envelope and what `encode_frame` makes of it, for the framing
-    /// property below.
-    fn framed_by_both(envelope: &Envelope) -> (Vec<u8>, Vec<u8>) {
+    impl<S> ByteStream<S> {
+        /// What a write of everything unsent would write; empties the
+        /// stream as if it had been written.
+        fn take_unsent(&mut self) -> Vec<u8> {
+            let mut bytes: Vec<u8> = self.segments.iter().flat_map(|s| s.to_vec()).collect();
+            // A batch with segments was sealed: the staged bytes come last.
+            assert!(self.segments.is_empty() || self.staging.is_empty());
+            bytes.extend_from_slice(&self.staging);
+            assert_eq!(self.unsent(), bytes.len());
+            self.segments.clear();
+            self.queued = 0;
+            self.staging.clear();
+            bytes
+        }
+    }
+
+    /// `envelope`, a transfer of `file` and a ping, queued on two
+    /// connections: what a `ByteStream` writes of one, and what
+    /// `encode_frame` makes of the other's envelopes.
+    fn framed_by_both(envelope: &Envelope, file: &Bytes) -> (Vec<u8>, Vec<u8>) {
+        let now = Instant::now();
+        let mut conns =
+            [(); 2].map(|()| Connection::new(Role::Server, ConnectionConfig::default(), now));
+        for conn in &mut conns {
+            conn.send(envelope.clone(), now).unwrap();
+            conn.send_stream("r1", file.clone(), false, None, now)
+                .unwrap();
+            conn.request(&crate::proto::PingRequest {}, now).unwrap();
+        }
+        let [streamed, enveloped] = &mut conns;
         let mut expected = BytesMut::new();
-        encode_frame(envelope, usize::MAX, &mut expected).unwrap();
+        while let Some(envelope) = enveloped.poll_envelope() {
+            encode_frame(&envelope, usize::MAX, &mut expected).unwrap();
+        }
         let (a, _b) = tokio::io::duplex(64);
         let mut stream = ByteStream::new(a);
-        stream.frame(envelope.clone());
-        stream.seal();
-        let got: Vec<u8> = stream.segments.iter().flat_map(|s| s.to_vec()).collect();
-        assert_eq!(stream.unsent(), got.len());
+        let mut got = Vec::new();
+        loop {
+            stream.fill(streamed);
+            let batch = stream.take_unsent();
+            if batch.is_empty() {
+                break;
+            }
+            got.extend_from_slice(&batch);
+        }
         (got, expected.to_vec())
+    }
+
+    /// `len` bytes of a pattern.
+    fn pattern(len: usize) -> Bytes {
+        (0..len).map(|i| (i % 253) as u8).collect()
     }
 
     proptest::proptest! {
@@ -407,41 +406,49 @@ mod tests {
                 (SPLIT_PAYLOAD - 2)..(SPLIT_PAYLOAD + 2),
                 200_000usize..300_000,
             ],
+            file_len in proptest::prop_oneof![
+                0usize..64,
+                (SPLIT_PAYLOAD - 2)..(SPLIT_PAYLOAD + 2),
+                200_000usize..600_000,
+            ],
         ) {
             let envelope = Envelope {
                 command, priority, seq, id, rid, jwt, traceid, spanid,
                 data: type_url.map(|type_url| Any {
                     type_url,
-                    value: (0..len).map(|i| (i % 253) as u8).collect(),
+                    value: pattern(len),
                 }),
             };
-            let (got, expected) = framed_by_both(&envelope);
+            let (got, expected) = framed_by_both(&envelope, &pattern(file_len));
             proptest::prop_assert!(got == expected, "{} vs {} bytes", got.len(), expected.len());
         }
     }
 
     #[test]
-    fn a_large_payload_is_its_own_segment() {
-        let payload = Bytes::from(vec![7u8; SPLIT_PAYLOAD]);
-        let envelope = Envelope {
-            command: "stream".into(),
-            rid: "r1".into(),
-            jwt: "after".into(),
-            data: Some(Any {
-                type_url: String::new(),
-                value: payload.clone(),
-            }),
-            ..Envelope::default()
-        };
+    fn a_large_chunk_is_its_own_segment_and_a_small_one_is_copied() {
+        let now = Instant::now();
+        let mut conn = Connection::new(Role::Server, ConnectionConfig::default(), now);
         let (a, _b) = tokio::io::duplex(64);
         let mut stream = ByteStream::new(a);
-        stream.frame(envelope.clone());
-        stream.seal();
-        assert_eq!(stream.segments.len(), 3, "before, payload, after");
+        let payload = pattern(SPLIT_PAYLOAD);
+        conn.send_stream("r1", payload.clone(), false, None, now)
+            .unwrap();
+        stream.fill(&mut conn);
+        assert_eq!(
+            stream.segments.len(),
+            3,
+            "beginstream and the chunk's head, the chunk, endstream"
+        );
         // Not copied: the same buffer.
         assert_eq!(stream.segments[1].as_ptr(), payload.as_ptr());
-        let (got, expected) = framed_by_both(&envelope);
-        assert_eq!(got, expected);
+        assert_eq!(stream.segments[1].len(), SPLIT_PAYLOAD);
+        stream.take_unsent();
+
+        conn.send_stream("r2", pattern(SPLIT_PAYLOAD - 1), false, None, now)
+            .unwrap();
+        stream.fill(&mut conn);
+        assert!(stream.segments.is_empty(), "all in the staging buffer");
+        assert!(stream.unsent() > SPLIT_PAYLOAD);
     }
 
     #[test]
