@@ -897,6 +897,32 @@ impl PackedLen {
             body_len,
         }
     }
+
+    /// Appends the start of the packed frame these lengths measure, up to
+    /// the encoded message: the length prefix `prefix`, the header fields
+    /// before `data`, the `Any`'s key and length, its type URL `M`'s and,
+    /// unless the message encodes to nothing, the key and length of its
+    /// value. The encoded message and the header fields after `data`
+    /// complete the frame. Every packed frame, whole
+    /// ([`encode_packed_frame`]) or without a chunk's data
+    /// ([`encode_chunk_frame_head`]), starts with these bytes.
+    fn put_head<M: Name>(&self, header: &Envelope, prefix: u32, dst: &mut BytesMut) {
+        use prost::encoding::{WireType, encode_key, encode_varint};
+        dst.put_u32_le(prefix);
+        encode_header(header, true, dst);
+        encode_key(6, WireType::LengthDelimited, dst);
+        encode_varint(self.any_len as u64, dst);
+        encode_key(1, WireType::LengthDelimited, dst);
+        encode_varint(self.url_len as u64, dst);
+        dst.put_slice(TYPE_URL_DOMAIN.as_bytes());
+        dst.put_slice(M::PACKAGE.as_bytes());
+        dst.put_u8(b'.');
+        dst.put_slice(M::NAME.as_bytes());
+        if self.value_len != 0 {
+            encode_key(2, WireType::LengthDelimited, dst);
+            encode_varint(self.value_len as u64, dst);
+        }
+    }
 }
 
 /// The frame body length [`encode_packed_frame`] would write for `header`
@@ -953,37 +979,18 @@ pub fn encode_packed_frame<M: Message + Name>(
     max_frame_length: usize,
     dst: &mut BytesMut,
 ) -> Result<(), FrameError> {
-    use prost::encoding::{WireType, encode_key, encode_varint};
-    let PackedLen {
-        url_len,
-        value_len,
-        any_len,
-        body_len,
-    } = PackedLen::of(header, message);
-    let (prefix, frame_len) = frame_prefix(body_len, max_frame_length)?;
+    let lens = PackedLen::of(header, message);
+    let (prefix, frame_len) = frame_prefix(lens.body_len, max_frame_length)?;
     let start = dst.len();
     dst.reserve(frame_len);
-    dst.put_u32_le(prefix);
-    encode_header(header, true, dst);
-    encode_key(6, WireType::LengthDelimited, dst);
-    encode_varint(any_len as u64, dst);
-    encode_key(1, WireType::LengthDelimited, dst);
-    encode_varint(url_len as u64, dst);
-    dst.put_slice(TYPE_URL_DOMAIN.as_bytes());
-    dst.put_slice(M::PACKAGE.as_bytes());
-    dst.put_u8(b'.');
-    dst.put_slice(M::NAME.as_bytes());
-    if value_len != 0 {
-        encode_key(2, WireType::LengthDelimited, dst);
-        encode_varint(value_len as u64, dst);
-        if message.encode(dst).is_err() {
-            // Unreachable: `BytesMut` never runs out of room.
-            dst.truncate(start);
-            return Err(FrameError::EncodeTooLarge {
-                len: body_len,
-                max: max_frame_length,
-            });
-        }
+    lens.put_head::<M>(header, prefix, dst);
+    if lens.value_len != 0 && message.encode(dst).is_err() {
+        // Unreachable: `BytesMut` never runs out of room.
+        dst.truncate(start);
+        return Err(FrameError::EncodeTooLarge {
+            len: lens.body_len,
+            max: max_frame_length,
+        });
     }
     encode_header(header, false, dst);
     debug_assert_eq!(dst.len() - start, frame_len);
@@ -1026,29 +1033,13 @@ pub fn encode_chunk_frame_head(
     dst: &mut BytesMut,
 ) -> Result<bool, FrameError> {
     use prost::encoding::{WireType, encode_key, encode_varint};
-    let PackedLen {
-        url_len,
-        value_len,
-        any_len,
-        body_len,
-    } = PackedLen::of(header, chunk);
-    let (prefix, frame_len) = frame_prefix(body_len, max_frame_length)?;
+    let lens = PackedLen::of(header, chunk);
+    let (prefix, frame_len) = frame_prefix(lens.body_len, max_frame_length)?;
     if chunk.data.is_empty() || header_len(header, false) != 0 {
         return Ok(false);
     }
     dst.reserve(frame_len.saturating_sub(chunk.data.len()));
-    dst.put_u32_le(prefix);
-    encode_header(header, true, dst);
-    encode_key(6, WireType::LengthDelimited, dst);
-    encode_varint(any_len as u64, dst);
-    encode_key(1, WireType::LengthDelimited, dst);
-    encode_varint(url_len as u64, dst);
-    dst.put_slice(TYPE_URL_DOMAIN.as_bytes());
-    dst.put_slice(<crate::proto::Stream as Name>::PACKAGE.as_bytes());
-    dst.put_u8(b'.');
-    dst.put_slice(<crate::proto::Stream as Name>::NAME.as_bytes());
-    encode_key(2, WireType::LengthDelimited, dst);
-    encode_varint(value_len as u64, dst);
+    lens.put_head::<crate::proto::Stream>(header, prefix, dst);
     // `Stream` has one field, `data` (1, bytes): its key and length.
     encode_key(1, WireType::LengthDelimited, dst);
     encode_varint(chunk.data.len() as u64, dst);
@@ -1918,6 +1909,32 @@ mod tests {
             let mut dst = BytesMut::new();
             encode_packed_frame(&header, &chunk, DEFAULT_MAX_FRAME_LENGTH, &mut dst).unwrap();
             prop_assert_eq!(&dst, &via_pack(&header, &chunk));
+            // The head writer is shared: the chunk's head and its data are
+            // the same bytes, when the head applies (no fields after `data`).
+            let bare = Envelope {
+                jwt: String::new(),
+                traceid: String::new(),
+                spanid: String::new(),
+                ..header.clone()
+            };
+            for header in [&header, &bare] {
+                let mut head = BytesMut::new();
+                let applies =
+                    encode_chunk_frame_head(header, &chunk, DEFAULT_MAX_FRAME_LENGTH, &mut head)
+                        .unwrap();
+                prop_assert_eq!(
+                    applies,
+                    !chunk.data.is_empty() && header_len(header, false) == 0
+                );
+                if applies {
+                    prop_assert_eq!(
+                        [&head[..], &chunk.data[..]].concat(),
+                        via_pack(header, &chunk)
+                    );
+                } else {
+                    prop_assert!(head.is_empty());
+                }
+            }
             let query = crate::proto::QueryResponse { results };
             dst.clear();
             encode_packed_frame(&header, &query, DEFAULT_MAX_FRAME_LENGTH, &mut dst).unwrap();
