@@ -493,15 +493,7 @@ impl Connection {
         if envelope.id.is_empty() {
             envelope.id = self.fresh_id();
         }
-        let len = encoded_len(&envelope);
-        let max = self
-            .config
-            .frame()
-            .max_frame_length()
-            .min(u32::MAX as usize);
-        if len > max {
-            return Err(Error::TooLarge { len, max });
-        }
+        self.check_frame_len(encoded_len(&envelope))?;
         let is_request = envelope.rid.is_empty()
             && lookup(&envelope.command).is_some_and(|spec| spec.kind == CommandKind::Request);
         if is_request {
@@ -630,15 +622,7 @@ impl Connection {
         self.check()?;
         let (mut header, chunk) = sender.chunk_parts(data)?;
         header.id = self.fresh_id();
-        let len = packed_body_len(&header, &chunk);
-        let max = self
-            .config
-            .frame()
-            .max_frame_length()
-            .min(u32::MAX as usize);
-        if len > max {
-            return Err(Error::TooLarge { len, max });
-        }
+        self.check_frame_len(packed_body_len(&header, &chunk))?;
         self.queue_outgoing(Outgoing::Chunk { header, chunk }, now);
         Ok(())
     }
@@ -664,6 +648,20 @@ impl Connection {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         }
+    }
+
+    /// Refuses a frame body of `len` bytes: [`Error::TooLarge`] above the
+    /// max frame length (and above `u32::MAX`, the most a prefix can say).
+    fn check_frame_len(&self, len: usize) -> Result<(), Error> {
+        let max = self
+            .config
+            .frame()
+            .max_frame_length()
+            .min(u32::MAX as usize);
+        if len > max {
+            return Err(Error::TooLarge { len, max });
+        }
+        Ok(())
     }
 
     /// When the partial frame in the decoder runs out of time, if one is

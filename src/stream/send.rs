@@ -102,22 +102,11 @@ impl StreamSender {
     /// must not be longer than the chunk size; use [`chunks`](Self::chunks)
     /// to split larger payloads.
     pub fn chunk(&mut self, data: Bytes) -> Result<Envelope, UsageError> {
-        match self.state {
-            SendState::Open if data.len() > self.chunk_size.get() => {
-                Err(UsageError::ChunkTooLarge {
-                    rid: self.rid.clone(),
-                    len: data.len(),
-                    max: self.chunk_size.get(),
-                })
-            }
-            SendState::Open => Ok(self.stream_envelope(data)),
-            SendState::Idle => Err(UsageError::StreamNotOpen {
-                rid: self.rid.clone(),
-            }),
-            _ => Err(UsageError::AlreadyFinished {
-                rid: self.rid.clone(),
-            }),
-        }
+        let (header, chunk) = self.chunk_parts(data)?;
+        Ok(Envelope {
+            data: Some(any_of(&chunk)),
+            ..header
+        })
     }
 
     /// The `stream` envelope [`chunk`](Self::chunk) would build, in two
@@ -238,12 +227,17 @@ impl StreamSender {
 
     fn envelope<M: Message + Name>(&self, command: &str, message: &M) -> Envelope {
         Envelope {
-            data: Some(Any {
-                type_url: M::type_url(),
-                value: Bytes::from(message.encode_to_vec()),
-            }),
+            data: Some(any_of(message)),
             ..self.header(command)
         }
+    }
+}
+
+/// `message` packed as the `data` of an envelope.
+fn any_of<M: Message + Name>(message: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: Bytes::from(message.encode_to_vec()),
     }
 }
 
