@@ -55,6 +55,25 @@
 //! largest frame (prefix included) or two read steps, whichever is larger
 //! (a property test checks it).
 //!
+//! # Reading large frames
+//!
+//! A reader that can size its reads (a byte stream) asks
+//! [`large_read`](FrameDecoder::large_read) before each read. Inside a frame
+//! of at least [`LARGE_FRAME`] bytes whose length prefix was accepted, it
+//! answers with the rest of that frame, at most twice what has arrived of
+//! it or [`RESERVE_FLOOR`], whichever is larger; reading exactly that much
+//! into a buffer with that much room
+//!
+//! - makes one reservation per frame instead of regrowing the buffer 8, 16,
+//!   ... 512 KiB inside it (about 500 KiB copied per 256 KiB frame), and
+//! - ends a read at the frame's end, so the decoder frees the buffer with
+//!   the frame instead of keeping a large one for a read that straddles
+//!   into the next.
+//!
+//! Memory still follows the bytes received: a prefix that declares a large
+//! frame costs at most [`RESERVE_FLOOR`] until its bytes arrive, and a
+//! prefix above the limit costs nothing (it is an error).
+//!
 //! # Zero-length frames
 //!
 //! A zero-length frame is a valid encoding of an all-default Envelope, and by
@@ -98,6 +117,15 @@ pub const MIN_READ_STEP: usize = 64;
 /// Default [`FrameConfig::shrink_threshold`]: 64 KiB. A receive buffer of
 /// this size is always kept; a larger one while it suits the recent frames.
 pub const DEFAULT_SHRINK_THRESHOLD: usize = 64 * 1024;
+
+/// Frames at least this long are read with a reservation for their rest
+/// (see [`FrameDecoder::large_read`]); smaller ones with the read step.
+pub const LARGE_FRAME: usize = 64 * 1024;
+
+/// The most [`FrameDecoder::large_read`] asks for beyond what has arrived
+/// of a frame, when that is more than twice what has arrived: one default
+/// file chunk (256 KiB) with its envelope.
+pub const RESERVE_FLOOR: usize = 256 * 1024 + 1024;
 
 /// The body written for an all-default Envelope instead of a zero-length
 /// frame: field 1 (`command`, wire type 2) with length 0.
@@ -332,6 +360,22 @@ impl FrameParser {
                 Ok(Some(len)) => len.checked_add(LENGTH_PREFIX_LEN),
                 _ => None,
             },
+        }
+    }
+
+    /// The frame being received at the start of `buf`, once its length
+    /// prefix is in and accepted: how many bytes of its body have arrived,
+    /// and how long the body is. `None` before that and after an error.
+    fn partial_body(&self, buf: &BytesMut) -> Option<(usize, usize)> {
+        if self.is_poisoned() {
+            return None;
+        }
+        match self.state {
+            DecodeState::Data(len) => Some((buf.len(), len)),
+            DecodeState::Head => {
+                let len = self.check_head(buf).ok().flatten()?;
+                Some((buf.len() - LENGTH_PREFIX_LEN, len))
+            }
         }
     }
 
@@ -584,6 +628,38 @@ impl FrameDecoder {
             self.make_room(step);
         }
         &mut self.buf
+    }
+
+    /// How many bytes the next read into [`read_buf`](Self::read_buf)
+    /// should ask for, when a large frame is being received: inside a frame
+    /// of at least [`LARGE_FRAME`] bytes, the rest of it, at most twice what
+    /// has arrived of it or [`RESERVE_FLOOR`], whichever is larger (never the
+    /// declared length alone). `None` otherwise: read what fits (at least
+    /// one read step). See [Reading large frames](crate::frame#reading-large-frames).
+    ///
+    /// ```
+    /// use openiap_wire::frame::{FrameDecoder, RESERVE_FLOOR};
+    ///
+    /// let mut decoder = FrameDecoder::default();
+    /// decoder.push(&100_000u32.to_le_bytes());
+    /// assert_eq!(decoder.decode(), Ok(None));
+    /// assert_eq!(decoder.large_read(), Some(100_000));
+    /// decoder.push(&[0; 1000]);
+    /// assert_eq!(decoder.decode(), Ok(None));
+    /// assert_eq!(decoder.large_read(), Some(99_000));
+    ///
+    /// let mut huge = FrameDecoder::default();
+    /// huge.set_max_frame_length(u32::MAX as usize);
+    /// huge.push(&u32::MAX.to_le_bytes());
+    /// assert_eq!(huge.large_read(), Some(RESERVE_FLOOR));
+    /// ```
+    pub fn large_read(&self) -> Option<usize> {
+        let (arrived, len) = self.parser.partial_body(&self.buf)?;
+        if len < LARGE_FRAME || arrived >= len {
+            return None;
+        }
+        let allowance = arrived.saturating_mul(2).max(RESERVE_FLOOR);
+        Some((len - arrived).min(allowance))
     }
 
     /// Returns the next whole frame body, `Ok(None)` if more bytes are
@@ -1406,6 +1482,63 @@ mod tests {
         assert_eq!(decoder.decode(), Ok(None));
         assert_eq!(decoder.buffered(), 104);
         assert!(decoder.capacity() <= 4 * DEFAULT_READ_STEP);
+    }
+
+    #[test]
+    fn large_read_follows_prefixes_across_reads() {
+        let mut wire = BytesMut::new();
+        for len in [3usize, 100_000, 0, 70_000] {
+            wire.put_u32_le(u32::try_from(len).unwrap());
+            wire.extend(std::iter::repeat_n(1u8, len));
+        }
+        let mut decoder = FrameDecoder::default();
+        // Cut inside the second prefix, then inside its body.
+        let (first, rest) = wire.split_at(9);
+        decoder.push(first);
+        assert_eq!(decode_all(&mut decoder).len(), 1);
+        assert_eq!(decoder.large_read(), None, "in a prefix");
+        let (second, rest) = rest.split_at(1000);
+        decoder.push(second);
+        assert!(decode_all(&mut decoder).is_empty());
+        assert_eq!(decoder.large_read(), Some(100_000 - 998));
+        // The rest of that body, the zero-length frame, the last prefix
+        // and 10 bytes of its body.
+        let (third, rest) = rest.split_at(100_000 - 998 + 4 + 4 + 10);
+        decoder.push(third);
+        assert_eq!(decode_all(&mut decoder).len(), 2);
+        assert_eq!(decoder.large_read(), Some(70_000 - 10));
+        decoder.push(rest);
+        assert_eq!(decode_all(&mut decoder).len(), 1);
+        assert_eq!(decoder.large_read(), None, "between frames");
+        assert_eq!(decoder.buffered(), 0);
+    }
+
+    #[test]
+    fn large_read_ignores_small_frames_undecoded_prefixes_and_errors() {
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&u32::try_from(LARGE_FRAME - 1).unwrap().to_le_bytes());
+        assert_eq!(decoder.large_read(), None, "a small frame");
+        let mut decoder = FrameDecoder::default();
+        // Not decoded yet: the prefix at the start of the buffer counts.
+        decoder.push(&u32::try_from(LARGE_FRAME).unwrap().to_le_bytes());
+        decoder.push(&[0; 10]);
+        assert_eq!(decoder.large_read(), Some(LARGE_FRAME - 10));
+        let mut decoder = FrameDecoder::new(config_with_max(LARGE_FRAME));
+        decoder.push(&u32::try_from(LARGE_FRAME + 1).unwrap().to_le_bytes());
+        assert_eq!(decoder.large_read(), None, "above the limit");
+        assert!(decoder.decode().is_err());
+        assert_eq!(decoder.large_read(), None, "poisoned");
+    }
+
+    #[test]
+    fn a_declared_length_reserves_at_most_the_floor_before_bytes_arrive() {
+        let mut decoder = FrameDecoder::new(config_with_max(u32::MAX as usize));
+        decoder.push(&u32::MAX.to_le_bytes());
+        assert_eq!(decoder.decode(), Ok(None));
+        assert_eq!(decoder.large_read(), Some(RESERVE_FLOOR));
+        decoder.push(&vec![0; 1_000_000]);
+        assert_eq!(decoder.decode(), Ok(None));
+        assert_eq!(decoder.large_read(), Some(2_000_000));
     }
 
     #[test]

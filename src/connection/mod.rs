@@ -235,6 +235,13 @@ impl Connection {
         self.decoder.read_buf()
     }
 
+    /// How many bytes the next read into [`read_buf`](Self::read_buf)
+    /// should ask for while a large frame is being received, `None` when
+    /// any amount will do: see [`FrameDecoder::large_read`].
+    pub fn large_read(&self) -> Option<usize> {
+        self.decoder.large_read()
+    }
+
     /// Processes what was read into [`read_buf`](Self::read_buf).
     ///
     /// # Errors

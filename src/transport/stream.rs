@@ -19,12 +19,12 @@
 //!
 //! # Read sizes
 //!
-//! The stream watches the length prefixes go by (advisory only: the
-//! connection's decoder still checks every frame), so it knows how much of
-//! the current frame is missing. Small frames are read with the decoder's
-//! own step. Inside a large frame (at least [`LARGE_FRAME`] bytes) it
-//! reserves room for the rest of that frame, at most [`RESERVE_FLOOR`] or
-//! twice what has arrived of it, and reads no further than the frame's end:
+//! Small frames are read with the decoder's own step. Inside a large frame
+//! the stream asks the connection how much to read
+//! ([`Connection::large_read`]): it reserves room for the rest of that
+//! frame, at most [`RESERVE_FLOOR`] or twice what has arrived of it, and
+//! reads no further than the frame's end (see
+//! [Reading large frames](crate::frame#reading-large-frames)):
 //!
 //! | without                                                  | with                                   |
 //! |----------------------------------------------------------|----------------------------------------|
@@ -47,16 +47,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Recv, Transport, TransportError};
 use crate::connection::{Connection, TRANSMIT_BATCH};
-use crate::frame::LENGTH_PREFIX_LEN;
 
-/// Frames at least this long are read with a reservation for their rest
-/// (see the `transport::stream` module docs); smaller ones use the decoder's step.
-pub const LARGE_FRAME: usize = 64 * 1024;
-
-/// The most a large frame's reservation may exceed what has arrived of it
-/// (twice what has arrived, or this, whichever is larger): one default file
-/// chunk (256 KiB) with its envelope.
-pub const RESERVE_FLOOR: usize = 256 * 1024 + 1024;
+pub use crate::frame::{LARGE_FRAME, RESERVE_FLOOR};
 
 /// File chunks at least this long are written from their own buffer
 /// instead of being copied into the staging buffer (see the
@@ -66,55 +58,6 @@ pub const SPLIT_PAYLOAD: usize = 16 * 1024;
 /// Most segments handed to one vectored write (a batch is a few frames:
 /// the bytes around each large payload, and the payloads).
 const MAX_SEGMENTS: usize = 8;
-
-/// Where the byte stream stands relative to the frames in it; advisory.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct FrameTracker {
-    /// Prefix bytes seen of the next frame (0 to 3).
-    prefix_len: usize,
-    prefix: [u8; LENGTH_PREFIX_LEN],
-    /// Body bytes of the current frame still to come.
-    body_left: usize,
-    /// Body bytes of the current frame already seen.
-    body_seen: usize,
-}
-
-impl FrameTracker {
-    /// Follows `data`, the bytes just read.
-    fn follow(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            if self.body_left > 0 {
-                let take = self.body_left.min(data.len());
-                self.body_left -= take;
-                self.body_seen += take;
-                data = data.get(take..).unwrap_or_default();
-                continue;
-            }
-            let take = (LENGTH_PREFIX_LEN - self.prefix_len).min(data.len());
-            for (slot, byte) in self.prefix[self.prefix_len..].iter_mut().zip(data) {
-                *slot = *byte;
-            }
-            self.prefix_len += take;
-            data = data.get(take..).unwrap_or_default();
-            if self.prefix_len == LENGTH_PREFIX_LEN {
-                self.prefix_len = 0;
-                self.body_seen = 0;
-                self.body_left = usize::try_from(u32::from_le_bytes(self.prefix)).unwrap_or(0);
-            }
-        }
-    }
-
-    /// How many bytes to read next, if the current frame is large: the
-    /// rest of it, bounded by what may be reserved before it arrives.
-    fn large_read(&self) -> Option<usize> {
-        let frame = self.body_seen.saturating_add(self.body_left);
-        if self.body_left == 0 || frame < LARGE_FRAME {
-            return None;
-        }
-        let allowance = self.body_seen.saturating_mul(2).max(RESERVE_FLOOR);
-        Some(self.body_left.min(allowance))
-    }
-}
 
 /// A byte-stream socket driven as a [`Transport`]: reads go straight into
 /// the connection's receive buffer; writes take one batch of the
@@ -131,7 +74,6 @@ pub struct ByteStream<S> {
     segments: VecDeque<Bytes>,
     /// Bytes in `segments`.
     queued: usize,
-    frames: FrameTracker,
 }
 
 impl<S> ByteStream<S> {
@@ -142,7 +84,6 @@ impl<S> ByteStream<S> {
             staging: BytesMut::new(),
             segments: VecDeque::new(),
             queued: 0,
-            frames: FrameTracker::default(),
         }
     }
 
@@ -216,9 +157,9 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for ByteStream<S> {
         conn: &mut Connection,
         now: Instant,
     ) -> Poll<Result<Recv, TransportError>> {
+        let large = conn.large_read();
         let buf = conn.read_buf();
-        let start = buf.len();
-        let n = match self.frames.large_read() {
+        let n = match large {
             Some(want) => {
                 if buf.capacity() - buf.len() < want {
                     buf.reserve(want);
@@ -239,8 +180,6 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for ByteStream<S> {
         if n == 0 {
             return Poll::Ready(Ok(Recv::Eof));
         }
-        self.frames
-            .follow(buf.get(start..start + n).unwrap_or_default());
         conn.handle_read(now)?;
         Poll::Ready(Ok(Recv::Data))
     }
@@ -449,40 +388,6 @@ mod tests {
         stream.fill(&mut conn);
         assert!(stream.segments.is_empty(), "all in the staging buffer");
         assert!(stream.unsent() > SPLIT_PAYLOAD);
-    }
-
-    #[test]
-    fn tracker_follows_prefixes_across_reads() {
-        let mut wire = BytesMut::new();
-        for len in [3usize, 100_000, 0, 70_000] {
-            wire.put_u32_le(u32::try_from(len).unwrap());
-            wire.extend(std::iter::repeat_n(1u8, len));
-        }
-        let mut tracker = FrameTracker::default();
-        // Cut inside the second prefix, then inside its body.
-        let (first, rest) = wire.split_at(9);
-        tracker.follow(first);
-        assert_eq!(tracker.large_read(), None, "in a prefix");
-        let (second, rest) = rest.split_at(1000);
-        tracker.follow(second);
-        assert_eq!(tracker.large_read(), Some(100_000 - 998));
-        // The rest of that body, the zero-length frame, the last prefix
-        // and 10 bytes of its body.
-        let (third, rest) = rest.split_at(100_000 - 998 + 4 + 4 + 10);
-        tracker.follow(third);
-        assert_eq!(tracker.large_read(), Some(70_000 - 10));
-        tracker.follow(rest);
-        assert_eq!(tracker.large_read(), None, "between frames");
-        assert_eq!((tracker.body_left, tracker.prefix_len), (0, 0));
-    }
-
-    #[test]
-    fn a_declared_length_reserves_at_most_the_floor_before_bytes_arrive() {
-        let mut tracker = FrameTracker::default();
-        tracker.follow(&u32::MAX.to_le_bytes());
-        assert_eq!(tracker.large_read(), Some(RESERVE_FLOOR));
-        tracker.follow(&vec![0; 1_000_000]);
-        assert_eq!(tracker.large_read(), Some(2_000_000));
     }
 
     #[tokio::test]
