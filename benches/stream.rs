@@ -165,38 +165,43 @@ fn copy_floor(file: &Bytes, chunk_size: usize) -> usize {
     out.written
 }
 
-fn chunk_then_frame(file: &Bytes, chunk_size: usize) -> usize {
+/// Splits `file` into pieces of `chunk_size` for a fresh sender, has
+/// `frame` append each one to the transmit buffer, and writes the buffer
+/// out every batch.
+fn frame_chunks(
+    file: &Bytes,
+    chunk_size: usize,
+    mut frame: impl FnMut(&mut StreamSender, Bytes, &mut BytesMut),
+) -> usize {
     let mut sender = StreamSender::new("u1", &stream_config(chunk_size)).expect("rid");
     sender.begin(None, None).expect("begin");
     let mut out = Transmit::new(chunk_size);
     let mut rest = file.clone();
     while !rest.is_empty() {
         let piece = rest.split_to(rest.len().min(chunk_size));
-        let envelope = sender.chunk(piece).expect("chunk");
-        encode_frame(&envelope, DEFAULT_MAX_FRAME_LENGTH, &mut out.buf).expect("frame");
+        frame(&mut sender, piece, &mut out.buf);
         out.flush_if_full();
     }
     out.flush();
     out.written
+}
+
+fn chunk_then_frame(file: &Bytes, chunk_size: usize) -> usize {
+    frame_chunks(file, chunk_size, |sender, piece, buf| {
+        let envelope = sender.chunk(piece).expect("chunk");
+        encode_frame(&envelope, DEFAULT_MAX_FRAME_LENGTH, buf).expect("frame");
+    })
 }
 
 fn chunk_parts(file: &Bytes, chunk_size: usize) -> usize {
-    let mut sender = StreamSender::new("u1", &stream_config(chunk_size)).expect("rid");
-    sender.begin(None, None).expect("begin");
-    let mut out = Transmit::new(chunk_size);
-    let mut rest = file.clone();
-    while !rest.is_empty() {
-        let piece = rest.split_to(rest.len().min(chunk_size));
+    frame_chunks(file, chunk_size, |sender, piece, buf| {
         let (header, chunk) = sender.chunk_parts(piece).expect("chunk");
-        encode_packed_frame(&header, &chunk, DEFAULT_MAX_FRAME_LENGTH, &mut out.buf)
-            .expect("frame");
-        out.flush_if_full();
-    }
-    out.flush();
-    out.written
+        encode_packed_frame(&header, &chunk, DEFAULT_MAX_FRAME_LENGTH, buf).expect("frame");
+    })
 }
 
-fn connection_send(file: &Bytes, chunk_size: usize) -> usize {
+/// A connection with the whole transfer of `file` queued.
+fn streaming_connection(file: &Bytes, chunk_size: usize) -> Connection {
     let now = Instant::now();
     let mut config = ConnectionConfig::default();
     config.set_keepalive_interval(None);
@@ -204,6 +209,11 @@ fn connection_send(file: &Bytes, chunk_size: usize) -> usize {
     let mut conn = Connection::new(Role::Server, config, now);
     conn.send_stream("u1", file.clone(), false, None, now)
         .expect("stream");
+    conn
+}
+
+fn connection_send(file: &Bytes, chunk_size: usize) -> usize {
+    let mut conn = streaming_connection(file, chunk_size);
     let mut out = Transmit::new(chunk_size);
     while conn.poll_transmit(&mut out.buf) > 0 {
         out.flush();
@@ -214,13 +224,7 @@ fn connection_send(file: &Bytes, chunk_size: usize) -> usize {
 /// As [`connection_send`], for a transport that writes vectored: chunks are
 /// never copied, only the bytes around them go through the buffer.
 fn connection_send_vectored(file: &Bytes, chunk_size: usize) -> usize {
-    let now = Instant::now();
-    let mut config = ConnectionConfig::default();
-    config.set_keepalive_interval(None);
-    *config.stream_mut() = stream_config(chunk_size);
-    let mut conn = Connection::new(Role::Server, config, now);
-    conn.send_stream("u1", file.clone(), false, None, now)
-        .expect("stream");
+    let mut conn = streaming_connection(file, chunk_size);
     let mut out = Transmit::new(chunk_size);
     loop {
         let data = conn.poll_transmit_vectored(&mut out.buf);

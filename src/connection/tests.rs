@@ -34,6 +34,25 @@ fn events(conn: &mut Connection) -> Vec<Event> {
     std::iter::from_fn(|| conn.poll_event()).collect()
 }
 
+/// The ids of the requests `conn` reported failed, in order; any other
+/// event is a test failure.
+fn failed_requests(conn: &mut Connection) -> Vec<String> {
+    events(conn)
+        .into_iter()
+        .map(|e| match e {
+            Event::RequestFailed { request_id, .. } => request_id,
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+/// A client whose frames may be at most `max` bytes long.
+fn client_with_max_frame_length(max: usize, now: Instant) -> Connection {
+    let mut config = ConnectionConfig::default();
+    config.frame_mut().set_max_frame_length(max);
+    Connection::new(Role::Client, config, now)
+}
+
 fn raw_frame(envelope: &Envelope) -> BytesMut {
     let mut wire = BytesMut::new();
     encode_frame(envelope, usize::MAX, &mut wire).unwrap();
@@ -294,9 +313,7 @@ fn too_many_pending_requests_is_refused_without_queueing() {
 #[test]
 fn oversized_envelope_is_refused_locally() {
     let now = Instant::now();
-    let mut config = ConnectionConfig::default();
-    config.frame_mut().set_max_frame_length(64);
-    let mut conn = Connection::new(Role::Client, config, now);
+    let mut conn = client_with_max_frame_length(64, now);
     let big = QueryRequest {
         query: "x".repeat(100),
         ..Default::default()
@@ -712,19 +729,21 @@ mod same_as_owned {
     }
 
     fn arb_envelope() -> impl Strategy<Value = Envelope> {
-        let command = prop_oneof![
-            Just("ping"),
-            Just("pong"),
-            Just("stream"),
-            Just("beginstream"),
-            Just("endstream"),
-            Just("error"),
-            Just("upload"),
-            Just("queryreply"),
-            Just("nosuchcommand"),
-            Just(""),
-        ];
-        let name = prop_oneof![Just(""), Just("a"), Just("b"), Just("c")];
+        let command = proptest::sample::select(
+            &[
+                "ping",
+                "pong",
+                "stream",
+                "beginstream",
+                "endstream",
+                "error",
+                "upload",
+                "queryreply",
+                "nosuchcommand",
+                "",
+            ][..],
+        );
+        let name = proptest::sample::select(&["", "a", "b", "c"][..]);
         (command, name.clone(), name, 0..8i32, arb_data()).prop_map(
             |(command, id, rid, seq, data)| Envelope {
                 command: command.to_owned(),
@@ -801,13 +820,7 @@ fn requests_with_chosen_ids_each_keep_their_deadline() {
     client
         .handle_timeout(now + Duration::from_secs(60))
         .unwrap();
-    let failed: Vec<String> = events(&mut client)
-        .into_iter()
-        .map(|e| match e {
-            Event::RequestFailed { request_id, .. } => request_id,
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let failed = failed_requests(&mut client);
     assert_eq!(failed, ["x", "y"]);
     assert_eq!(client.pending_requests(), 0);
 }
@@ -828,13 +841,7 @@ fn shut_down_fails_pending_requests_in_send_order() {
         })
         .collect();
     client.handle_eof().unwrap();
-    let failed: Vec<String> = events(&mut client)
-        .into_iter()
-        .map(|e| match e {
-            Event::RequestFailed { request_id, .. } => request_id,
-            other => panic!("{other:?}"),
-        })
-        .collect();
+    let failed = failed_requests(&mut client);
     assert_eq!(failed, ids);
 }
 
@@ -913,9 +920,7 @@ fn send_chunk_writes_the_same_frames_as_send_of_chunk() {
 #[test]
 fn send_chunk_refuses_what_the_sender_or_the_frame_limit_refuses() {
     let now = Instant::now();
-    let mut config = ConnectionConfig::default();
-    config.frame_mut().set_max_frame_length(1000);
-    let mut conn = Connection::new(Role::Client, config, now);
+    let mut conn = client_with_max_frame_length(1000, now);
     let mut sender = conn.stream_sender("u1").unwrap();
     assert!(matches!(
         conn.send_chunk(&mut sender, Bytes::from_static(b"x"), now),
