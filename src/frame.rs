@@ -941,7 +941,10 @@ fn encode_header(header: &Envelope, first: bool, dst: &mut BytesMut) {
     }
 }
 
-/// The lengths [`encode_packed_frame`] writes.
+/// The lengths of a frame whose `data` is an `Any` with a type URL of
+/// `url_len` bytes and a value of `value_len` bytes, each field written
+/// only when not empty (as prost does): what [`encode_packed_frame`] and
+/// [`encode_frame_head`] write.
 struct PackedLen {
     url_len: usize,
     value_len: usize,
@@ -951,17 +954,19 @@ struct PackedLen {
 
 impl PackedLen {
     fn of<M: Message + Name>(header: &Envelope, message: &M) -> Self {
+        Self::new(header, type_url_len::<M>(), message.encoded_len())
+    }
+
+    fn new(header: &Envelope, url_len: usize, value_len: usize) -> Self {
         use prost::encoding::{encoded_len_varint, key_len};
-        let url_len = type_url_len::<M>();
-        let value_len = message.encoded_len();
-        let any_len = key_len(1)
-            + encoded_len_varint(url_len as u64)
-            + url_len
-            + if value_len == 0 {
+        let field = |tag: u32, len: usize| {
+            if len == 0 {
                 0
             } else {
-                key_len(2) + encoded_len_varint(value_len as u64) + value_len
-            };
+                key_len(tag) + encoded_len_varint(len as u64) + len
+            }
+        };
+        let any_len = field(1, url_len) + field(2, value_len);
         let body_len = header_len(header, true)
             .saturating_add(key_len(6) + encoded_len_varint(any_len as u64))
             .saturating_add(any_len)
@@ -974,31 +979,37 @@ impl PackedLen {
         }
     }
 
-    /// Appends the start of the packed frame these lengths measure, up to
-    /// the encoded message: the length prefix `prefix`, the header fields
-    /// before `data`, the `Any`'s key and length, its type URL `M`'s and,
-    /// unless the message encodes to nothing, the key and length of its
-    /// value. The encoded message and the header fields after `data`
-    /// complete the frame. Every packed frame, whole
-    /// ([`encode_packed_frame`]) or without a chunk's data
-    /// ([`encode_chunk_frame_head`]), starts with these bytes.
-    fn put_head<M: Name>(&self, header: &Envelope, prefix: u32, dst: &mut BytesMut) {
+    /// Appends the start of the frame these lengths measure, up to the
+    /// `Any`'s value: the length prefix `prefix`, the header fields before
+    /// `data`, the `Any`'s key and length, its type URL (the concatenation
+    /// of `url`, `url_len` bytes) and the key and length of the value, each
+    /// unless empty. The value and the header fields after `data` complete
+    /// the frame. Every frame written around its payload, whole
+    /// ([`encode_packed_frame`]) or not ([`encode_chunk_frame_head`],
+    /// [`encode_frame_head`]), starts with these bytes.
+    fn put_head(&self, header: &Envelope, prefix: u32, url: &[&str], dst: &mut BytesMut) {
         use prost::encoding::{WireType, encode_key, encode_varint};
         dst.put_u32_le(prefix);
         encode_header(header, true, dst);
         encode_key(6, WireType::LengthDelimited, dst);
         encode_varint(self.any_len as u64, dst);
-        encode_key(1, WireType::LengthDelimited, dst);
-        encode_varint(self.url_len as u64, dst);
-        dst.put_slice(TYPE_URL_DOMAIN.as_bytes());
-        dst.put_slice(M::PACKAGE.as_bytes());
-        dst.put_u8(b'.');
-        dst.put_slice(M::NAME.as_bytes());
+        if self.url_len != 0 {
+            encode_key(1, WireType::LengthDelimited, dst);
+            encode_varint(self.url_len as u64, dst);
+            for part in url {
+                dst.put_slice(part.as_bytes());
+            }
+        }
         if self.value_len != 0 {
             encode_key(2, WireType::LengthDelimited, dst);
             encode_varint(self.value_len as u64, dst);
         }
     }
+}
+
+/// The parts of `M`'s type URL, `type.googleapis.com/<package>.<Name>`.
+fn type_url_parts<M: Name>() -> [&'static str; 4] {
+    [TYPE_URL_DOMAIN, M::PACKAGE, ".", M::NAME]
 }
 
 /// The frame body length [`encode_packed_frame`] would write for `header`
@@ -1059,7 +1070,7 @@ pub fn encode_packed_frame<M: Message + Name>(
     let (prefix, frame_len) = frame_prefix(lens.body_len, max_frame_length)?;
     let start = dst.len();
     dst.reserve(frame_len);
-    lens.put_head::<M>(header, prefix, dst);
+    lens.put_head(header, prefix, &type_url_parts::<M>(), dst);
     if lens.value_len != 0 && message.encode(dst).is_err() {
         // Unreachable: `BytesMut` never runs out of room.
         dst.truncate(start);
@@ -1115,10 +1126,71 @@ pub fn encode_chunk_frame_head(
         return Ok(false);
     }
     dst.reserve(frame_len.saturating_sub(chunk.data.len()));
-    lens.put_head::<crate::proto::Stream>(header, prefix, dst);
+    lens.put_head(
+        header,
+        prefix,
+        &type_url_parts::<crate::proto::Stream>(),
+        dst,
+    );
     // `Stream` has one field, `data` (1, bytes): its key and length.
     encode_key(1, WireType::LengthDelimited, dst);
     encode_varint(chunk.data.len() as u64, dst);
+    Ok(true)
+}
+
+/// The frame [`encode_frame`] writes for `envelope`, except its payload
+/// (`data.value`): the bytes before the payload are appended to `dst`, and
+/// the payload, written right after them, completes the frame. A transport
+/// that writes vectored (`dst`, then the payload's `Bytes`) sends a large
+/// payload without copying it.
+///
+/// Returns `Ok(false)` and writes nothing when the envelope has no payload
+/// or has `jwt`, `traceid` or `spanid` (fields that follow `data` in the
+/// frame): encode those with [`encode_frame`].
+///
+/// ```
+/// use bytes::{Bytes, BytesMut};
+/// use openiap_wire::frame::{DEFAULT_MAX_FRAME_LENGTH, encode_frame, encode_frame_head};
+/// use openiap_wire::proto::Envelope;
+/// use openiap_wire::proto::google::protobuf::Any;
+///
+/// let value = Bytes::from(vec![1; 5000]);
+/// let envelope = Envelope {
+///     command: "queryreply".into(),
+///     id: "7".into(),
+///     data: Some(Any { type_url: "openiap.QueryResponse".into(), value: value.clone() }),
+///     ..Envelope::default()
+/// };
+/// let mut whole = BytesMut::new();
+/// encode_frame(&envelope, DEFAULT_MAX_FRAME_LENGTH, &mut whole).unwrap();
+/// let mut head = BytesMut::new();
+/// assert!(encode_frame_head(&envelope, DEFAULT_MAX_FRAME_LENGTH, &mut head).unwrap());
+/// assert_eq!([&head[..], &value[..]].concat(), whole);
+/// ```
+///
+/// # Errors
+///
+/// [`FrameError::EncodeTooLarge`] when the whole frame body exceeds
+/// `max_frame_length` (or `u32::MAX`); `dst` is then left unchanged.
+pub fn encode_frame_head(
+    envelope: &Envelope,
+    max_frame_length: usize,
+    dst: &mut BytesMut,
+) -> Result<bool, FrameError> {
+    let Some(any) = &envelope.data else {
+        // The body `encode_frame` would write: a non-empty encoding is at
+        // least two bytes, and an empty one is written as two.
+        let body_len = envelope.encoded_len().max(EMPTY_ENVELOPE_BODY.len());
+        frame_prefix(body_len, max_frame_length)?;
+        return Ok(false);
+    };
+    let lens = PackedLen::new(envelope, any.type_url.len(), any.value.len());
+    let (prefix, frame_len) = frame_prefix(lens.body_len, max_frame_length)?;
+    if any.value.is_empty() || header_len(envelope, false) != 0 {
+        return Ok(false);
+    }
+    dst.reserve(frame_len.saturating_sub(any.value.len()));
+    lens.put_head(envelope, prefix, &[any.type_url.as_str()], dst);
     Ok(true)
 }
 
@@ -2072,6 +2144,43 @@ mod tests {
             dst.clear();
             encode_packed_frame(&header, &query, DEFAULT_MAX_FRAME_LENGTH, &mut dst).unwrap();
             prop_assert_eq!(&dst, &via_pack(&header, &query));
+        }
+
+        #[test]
+        fn prop_frame_head_plus_value_is_the_frame(envelope in arb_envelope()) {
+            let bare = Envelope {
+                jwt: String::new(),
+                traceid: String::new(),
+                spanid: String::new(),
+                ..envelope.clone()
+            };
+            for envelope in [&envelope, &bare] {
+                let mut whole = BytesMut::new();
+                encode_frame(envelope, DEFAULT_MAX_FRAME_LENGTH, &mut whole).unwrap();
+                let mut head = BytesMut::from(&b"x"[..]);
+                let applies =
+                    encode_frame_head(envelope, DEFAULT_MAX_FRAME_LENGTH, &mut head).unwrap();
+                let value = envelope.data.as_ref().map(|any| any.value.clone());
+                prop_assert_eq!(
+                    applies,
+                    value.as_ref().is_some_and(|v| !v.is_empty())
+                        && header_len(envelope, false) == 0
+                );
+                if applies {
+                    let value = value.unwrap_or_default();
+                    prop_assert_eq!([&head[1..], &value[..]].concat(), whole.to_vec());
+                } else {
+                    prop_assert_eq!(&head[..], b"x");
+                }
+                let mut small = BytesMut::new();
+                let limit = whole.len() - LENGTH_PREFIX_LEN - 1;
+                let too_large = matches!(
+                    encode_frame_head(envelope, limit, &mut small),
+                    Err(FrameError::EncodeTooLarge { .. })
+                );
+                prop_assert!(too_large);
+                prop_assert!(small.is_empty());
+            }
         }
 
         #[test]

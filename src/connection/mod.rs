@@ -91,7 +91,7 @@ use crate::envelope::{
 };
 use crate::frame::{
     FrameDecoder, FrameError, LENGTH_PREFIX_LEN, encode_chunk_frame_head, encode_frame,
-    encode_packed_frame, packed_body_len,
+    encode_frame_head, encode_packed_frame, packed_body_len,
 };
 use crate::proto::{
     BeginStream, EndStream, Envelope, ErrorResponse, PingRequest, Stat, Stream, UploadRequest,
@@ -105,6 +105,13 @@ use crate::view::EnvelopeView;
 /// are waiting in its buffer: large enough for one write to carry many small
 /// envelopes, small enough that a queued transfer is never encoded at once.
 pub const TRANSMIT_BATCH: usize = 256 * 1024;
+
+/// An envelope's payload (`data.value`) at least this long is handed out by
+/// [`Connection::poll_transmit_vectored`] instead of being copied into the
+/// frame bytes; a smaller one is cheaper to copy. (File chunks queued by
+/// [`Connection::send_chunk`] or [`Connection::send_stream`] are handed
+/// out whatever their size.)
+pub const VECTORED_PAYLOAD: usize = 16 * 1024;
 
 /// After this long without input, [`Connection::handle_timeout`] gives back
 /// a receive buffer grown past two read steps (a large frame came in), as
@@ -406,11 +413,16 @@ impl Connection {
     }
 
     /// Like [`poll_transmit`](Self::poll_transmit), for a transport that
-    /// can write vectored: stops at the first queued file chunk, writes its
-    /// frame into `dst` up to the chunk's data and returns the data, which
-    /// the transport writes right after `dst` (then calls again). The chunk
-    /// is never copied. Returns `None` once `dst` holds only whole frames
-    /// (the queue is empty or `dst` reached [`TRANSMIT_BATCH`]).
+    /// can write vectored: stops at the first queued file chunk, or
+    /// envelope with a payload of at least [`VECTORED_PAYLOAD`] bytes,
+    /// writes its frame into `dst` up to the payload and returns the
+    /// payload, which the transport writes right after `dst` (then calls
+    /// again). The payload is never copied. Returns `None` once `dst` holds
+    /// only whole frames (the queue is empty or `dst` reached
+    /// [`TRANSMIT_BATCH`]).
+    ///
+    /// A frame with `jwt`, `traceid` or `spanid` (fields after the payload)
+    /// is written whole into `dst`.
     ///
     /// ```
     /// use std::time::Instant;
@@ -447,15 +459,25 @@ impl Connection {
     pub fn poll_transmit_vectored(&mut self, dst: &mut BytesMut) -> Option<Bytes> {
         while dst.len() < TRANSMIT_BATCH {
             let outgoing = self.transmit.pop_front()?;
-            if let Outgoing::Chunk { header, chunk } = &outgoing
-                && let Ok(true) = encode_chunk_frame_head(header, chunk, usize::MAX, dst)
-            {
-                return match outgoing {
-                    Outgoing::Chunk { chunk, .. } => Some(chunk.data),
-                    Outgoing::Envelope(_) => None,
-                };
+            // As `poll_transmit`: the size was checked when queued, so an
+            // unlimited bound keeps these infallible.
+            let head = match &outgoing {
+                Outgoing::Chunk { header, chunk } => {
+                    encode_chunk_frame_head(header, chunk, usize::MAX, dst)
+                }
+                Outgoing::Envelope(envelope)
+                    if envelope
+                        .data
+                        .as_ref()
+                        .is_some_and(|any| any.value.len() >= VECTORED_PAYLOAD) =>
+                {
+                    encode_frame_head(envelope, usize::MAX, dst)
+                }
+                Outgoing::Envelope(_) => Ok(false),
+            };
+            if let Ok(true) = head {
+                return Some(outgoing.into_payload());
             }
-            // As `poll_transmit`: the size was checked when queued.
             let _ = outgoing.encode(dst);
         }
         None
@@ -1067,6 +1089,14 @@ impl Outgoing {
         match self {
             Self::Envelope(envelope) => encode_frame(envelope, usize::MAX, dst),
             Self::Chunk { header, chunk } => encode_packed_frame(header, chunk, usize::MAX, dst),
+        }
+    }
+
+    /// The payload: a chunk's data, an envelope's `data.value`.
+    fn into_payload(self) -> Bytes {
+        match self {
+            Self::Envelope(envelope) => envelope.data.map(|any| any.value).unwrap_or_default(),
+            Self::Chunk { chunk, .. } => chunk.data,
         }
     }
 

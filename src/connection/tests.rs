@@ -979,3 +979,52 @@ fn vectored_transmit_writes_the_same_bytes_without_copying_chunks() {
     let first_difference = vectored.iter().zip(copied.iter()).position(|(x, y)| x != y);
     assert_eq!(first_difference, None);
 }
+
+#[test]
+fn vectored_transmit_hands_out_large_envelope_payloads_unless_fields_follow() {
+    let now = Instant::now();
+    let (mut a, _) = pair(now);
+    let (mut b, _) = pair(now);
+    let value = Bytes::from(vec![5u8; VECTORED_PAYLOAD]);
+    let reply = |jwt: &str, value: Bytes| Envelope {
+        command: "queryreply".into(),
+        rid: "q".into(),
+        jwt: jwt.into(),
+        data: Some(crate::proto::google::protobuf::Any {
+            type_url: "openiap.QueryResponse".into(),
+            value,
+        }),
+        ..Envelope::default()
+    };
+    for conn in [&mut a, &mut b] {
+        // Handed out; written whole (a field after the payload); too small.
+        conn.send(reply("", value.clone()), now).unwrap();
+        conn.send(reply("j", value.clone()), now).unwrap();
+        conn.send(reply("", value.slice(1..)), now).unwrap();
+    }
+    let mut vectored = Vec::new();
+    let mut handed = Vec::new();
+    loop {
+        let mut head = BytesMut::new();
+        let data = a.poll_transmit_vectored(&mut head);
+        vectored.extend_from_slice(&head);
+        match data {
+            Some(data) => {
+                vectored.extend_from_slice(&data);
+                handed.push(data);
+            }
+            None if head.is_empty() => break,
+            None => {}
+        }
+    }
+    assert_eq!(handed.len(), 1);
+    assert_eq!(handed[0].as_ptr(), value.as_ptr(), "not copied");
+    assert_eq!(handed[0].len(), VECTORED_PAYLOAD);
+    let mut copied = Vec::new();
+    while b.has_transmit() {
+        let mut batch = BytesMut::new();
+        b.poll_transmit(&mut batch);
+        copied.extend_from_slice(&batch);
+    }
+    assert!(vectored == copied, "same bytes as poll_transmit");
+}

@@ -12,10 +12,11 @@
 //! at a time, with
 //! [`poll_transmit_vectored`](Connection::poll_transmit_vectored): the
 //! frames go into one reused staging buffer and are written from it, except
-//! a file chunk's data of at least [`SPLIT_PAYLOAD`] bytes, which is not
-//! copied: its frame goes out as the staged bytes before it, the chunk's own
-//! buffer and the bytes after it, in one vectored write. Smaller chunks are
-//! copied into the staging buffer; other envelopes are always framed whole.
+//! a payload of at least [`SPLIT_PAYLOAD`] bytes that the connection hands
+//! out (a file chunk's data, a large `data.value`), which is not copied: its
+//! frame goes out as the staged bytes before it, the payload's own buffer
+//! and the bytes after it, in one vectored write. A smaller payload handed
+//! out is copied into the staging buffer.
 //!
 //! # Read sizes
 //!
@@ -50,9 +51,10 @@ use crate::connection::{Connection, TRANSMIT_BATCH};
 
 pub use crate::frame::{LARGE_FRAME, RESERVE_FLOOR};
 
-/// File chunks at least this long are written from their own buffer
-/// instead of being copied into the staging buffer (see the
-/// `transport::stream` module docs).
+/// Payloads handed out by
+/// [`poll_transmit_vectored`](Connection::poll_transmit_vectored) at least
+/// this long are written from their own buffer instead of being copied into
+/// the staging buffer (see the `transport::stream` module docs).
 pub const SPLIT_PAYLOAD: usize = 16 * 1024;
 
 /// Most segments handed to one vectored write (a batch is a few frames:
@@ -388,6 +390,21 @@ mod tests {
         stream.fill(&mut conn);
         assert!(stream.segments.is_empty(), "all in the staging buffer");
         assert!(stream.unsent() > SPLIT_PAYLOAD);
+        stream.take_unsent();
+
+        // A chunk sent as an envelope (`StreamSender::chunk`) too.
+        let mut sender = conn.stream_sender("r3").unwrap();
+        conn.send(sender.begin(None, None).unwrap(), now).unwrap();
+        let envelope = sender.chunk(payload.clone()).unwrap();
+        let value = envelope.data.as_ref().unwrap().value.clone();
+        conn.send(envelope, now).unwrap();
+        stream.fill(&mut conn);
+        assert_eq!(
+            stream.segments.len(),
+            2,
+            "beginstream and the head, the data"
+        );
+        assert_eq!(stream.segments[1].as_ptr(), value.as_ptr());
     }
 
     #[tokio::test]
