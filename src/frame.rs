@@ -617,15 +617,22 @@ impl FrameDecoder {
     /// to it; bytes appended are decoded as if pushed.
     ///
     /// The buffer grows by one read step at a time, never by a declared frame
-    /// length. After an error it is emptied on every call.
+    /// length. Inside a frame that [`large_read`](Self::large_read) covers,
+    /// the spare capacity guaranteed is the smaller of a read step and the
+    /// rest of that frame. After an error it is emptied on every call.
     pub fn read_buf(&mut self) -> &mut BytesMut {
         if self.parser.is_poisoned() {
             self.buf.clear();
         }
+        // Inside a large frame the next read stops at the frame's end (see
+        // `large_read`), so room for the rest of it is enough: asking for a
+        // whole step there would move a nearly complete frame to a new
+        // buffer.
         let step = self.parser.config.read_step;
+        let wanted = self.large_read().map_or(step, |rest| rest.min(step));
         let spare = self.buf.capacity().saturating_sub(self.buf.len());
-        if spare < step {
-            self.make_room(step);
+        if spare < wanted {
+            self.make_room(wanted);
         }
         &mut self.buf
     }
@@ -1611,6 +1618,49 @@ mod tests {
         decoder.push(&vec![0; 1_000_000]);
         assert_eq!(decoder.decode(), Ok(None));
         assert_eq!(decoder.large_read(), Some(2_000_000));
+    }
+
+    #[test]
+    fn the_tail_of_a_large_frame_is_read_into_the_buffer_it_is_in() {
+        // Reads as a byte stream does them (`large_read`, then `read_buf`,
+        // room for what it asks, a read of at most that much), in pieces of
+        // assorted sizes, over frames of assorted large sizes.
+        let mut decoder = FrameDecoder::default();
+        let mut seed = 0x2545_f491_u32;
+        let mut next = move |bound: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            1 + seed as usize % bound
+        };
+        let mut tails_that_fit = 0;
+        for _ in 0..200 {
+            let len = LARGE_FRAME + next(300_000);
+            decoder.push(&(len as u32).to_le_bytes());
+            let mut arrived = 0;
+            while arrived < len {
+                assert_eq!(decoder.decode(), Ok(None));
+                let want = decoder.large_read().expect("inside a large frame");
+                let (ptr, spare) = {
+                    let buf = &decoder.buf;
+                    (buf.as_ptr() as usize, buf.capacity() - buf.len())
+                };
+                let buf = decoder.read_buf();
+                if want <= spare {
+                    tails_that_fit += usize::from(len - arrived <= spare);
+                    assert_eq!(buf.as_ptr() as usize, ptr, "moved with room to spare");
+                }
+                if buf.capacity() - buf.len() < want {
+                    buf.reserve(want);
+                }
+                let n = next(70_000).min(want);
+                buf.extend_from_slice(&vec![7; n]);
+                arrived += n;
+            }
+            let frame = decoder.decode().expect("valid").expect("whole frame");
+            assert_eq!(frame.len(), len);
+        }
+        assert!(tails_that_fit > 20, "only {tails_that_fit} tails fit");
     }
 
     #[test]
