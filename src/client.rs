@@ -394,15 +394,13 @@ impl Client {
                 };
                 let chunk = chunk.map_err(file_error(path))?;
                 let now = Instant::now();
-                let envelope = if chunk.is_empty() {
+                if chunk.is_empty() {
                     sending = false;
                     tracing::debug!(read_in = ?started.elapsed(), "upload read to the end");
-                    sender.end()
+                    let end = sender.end().map_err(crate::Error::from)?;
+                    self.conn.send(end, now)?;
                 } else {
-                    sender.chunk(chunk)
-                };
-                self.conn.send(envelope.map_err(crate::Error::from)?, now)?;
-                if sending {
+                    self.conn.send_chunk(&mut sender, chunk, now)?;
                     self.report(Direction::Upload, sender.bytes_sent(), Some(total));
                 }
             }

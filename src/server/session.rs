@@ -470,11 +470,10 @@ impl Session {
                     self.finish_download(done, now);
                     continue;
                 }
-                Ok(()) => download
-                    .sender
-                    .chunk(buf.freeze())
-                    .map_err(|e| e.to_string())
-                    .and_then(|chunk| self.conn.send(chunk, now).map_err(|e| e.to_string())),
+                Ok(()) => self
+                    .conn
+                    .send_chunk(&mut download.sender, buf.freeze(), now)
+                    .map_err(|e| e.to_string()),
             };
             if let Err(message) = outcome
                 && let Some(failed) = self.downloads.pop_front()
