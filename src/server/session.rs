@@ -10,16 +10,17 @@
 //! ```
 //!
 //! A message carrying its own `jwt` runs as that token's user; an invalid
-//! one is answered `error` 401. Downloads are read from disk a few chunks
-//! at a time, only when the connection's transmit queue has run empty, so a
-//! large file never sits in memory.
+//! one is answered `error` 401. A download's chunks are read from disk on
+//! the blocking pool, [`DOWNLOAD_READ_AHEAD`] ahead of the connection, and
+//! queued while the transmit queue holds fewer than [`DOWNLOAD_SEND_AHEAD`]
+//! envelopes; an upload's chunks are written behind (see
+//! [`PendingUpload`]). So a large file never sits in memory.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
+use bytes::Bytes;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
@@ -36,9 +37,12 @@ use crate::proto::{
 use crate::stream::StreamSender;
 use crate::transport::{BoxTransport, Driver, FLUSH_TIMEOUT, Status};
 
-/// Chunks queued per top-up of a download: 1 MiB at the default chunk size,
-/// enough to keep the socket busy while the next ones are read.
-const CHUNKS_PER_TOP_UP: usize = 4;
+/// Envelopes a download keeps queued in the connection (1 MiB of chunks at
+/// the default chunk size), so the socket never waits for the next chunk.
+pub const DOWNLOAD_SEND_AHEAD: usize = 4;
+
+/// Chunks the current download reads ahead of the connection.
+pub const DOWNLOAD_READ_AHEAD: usize = 4;
 
 /// Downloads one connection may have queued at once (each holds an open
 /// file); more are answered `error` 429.
@@ -53,8 +57,89 @@ struct Upload {
 struct Download {
     request: Envelope,
     meta: FileMeta,
-    file: tokio::fs::File,
+    reader: ChunkReader,
     sender: StreamSender,
+}
+
+/// Reads up to `size` bytes (less only at the end of the file), straight
+/// into the chunk's own allocation (no zeroing, no second copy).
+fn read_chunk(file: &mut std::fs::File, size: usize) -> std::io::Result<Bytes> {
+    use std::io::Read;
+    let mut chunk = Vec::with_capacity(size);
+    file.take(size as u64).read_to_end(&mut chunk)?;
+    Ok(Bytes::from(chunk))
+}
+
+/// A download's chunks, read on the blocking pool one at a time while
+/// earlier ones are sent; an empty chunk is the end of the file.
+struct ChunkReader {
+    /// The file, while no read is in flight.
+    file: Option<std::fs::File>,
+    reading: Option<tokio::task::JoinHandle<(std::fs::File, std::io::Result<Bytes>)>>,
+    ready: VecDeque<std::io::Result<Bytes>>,
+    size: usize,
+    done: bool,
+}
+
+impl ChunkReader {
+    fn new(file: std::fs::File, size: usize) -> Self {
+        Self {
+            file: Some(file),
+            reading: None,
+            ready: VecDeque::new(),
+            size,
+            done: false,
+        }
+    }
+
+    /// Starts the next read unless one is in flight, enough are ready, or
+    /// the end was reached.
+    fn read_ahead(&mut self) {
+        if self.reading.is_some() || self.done || self.ready.len() >= DOWNLOAD_READ_AHEAD {
+            return;
+        }
+        let Some(mut file) = self.file.take() else {
+            return;
+        };
+        let size = self.size;
+        self.reading = Some(tokio::task::spawn_blocking(move || {
+            let chunk = read_chunk(&mut file, size);
+            (file, chunk)
+        }));
+    }
+
+    fn is_reading(&self) -> bool {
+        self.reading.is_some()
+    }
+
+    /// The next chunk when it is ready; a read that finished meanwhile is
+    /// collected first.
+    async fn next_ready(&mut self) -> Option<std::io::Result<Bytes>> {
+        if self.ready.is_empty() && self.reading.as_ref().is_some_and(|r| r.is_finished()) {
+            self.wait().await;
+        }
+        self.ready.pop_front()
+    }
+
+    /// Waits for the read in flight (cancel-safe: a dropped wait leaves the
+    /// read in flight) and starts the next one.
+    async fn wait(&mut self) {
+        let Some(reading) = &mut self.reading else {
+            return;
+        };
+        let joined = reading.await;
+        self.reading = None;
+        let chunk = match joined {
+            Ok((file, chunk)) => {
+                self.file = Some(file);
+                chunk
+            }
+            Err(join) => Err(std::io::Error::other(join)),
+        };
+        self.done = chunk.as_ref().map_or(true, Bytes::is_empty);
+        self.ready.push_back(chunk);
+        self.read_ahead();
+    }
 }
 
 pub(super) struct Session {
@@ -108,7 +193,15 @@ impl Session {
         let reason = loop {
             self.handle_events().await;
             self.top_up().await;
+            // The next chunk from disk wakes the loop too when the
+            // connection is short of chunks to send.
+            let starved = self.conn.queued_transmit() < DOWNLOAD_SEND_AHEAD
+                && self
+                    .downloads
+                    .front()
+                    .is_some_and(|d| d.reader.is_reading());
             tokio::select! {
+                () = read_front(&mut self.downloads), if starved => {}
                 status = self.driver.drive(&mut self.conn) => match status {
                     Ok(Status::Progress) => {}
                     Ok(Status::Closed) => break "peer closed".to_owned(),
@@ -172,7 +265,7 @@ impl Session {
                         self.reply_stray(&rid, message, 400);
                     }
                 }
-                Event::StreamChunk { rid, data } => self.on_chunk(&rid, &data).await,
+                Event::StreamChunk { rid, data } => self.on_chunk(&rid, data).await,
                 Event::StreamEnded { rid, summary } => {
                     if let Some(upload) = self.uploads.remove(&rid) {
                         self.finish_upload(upload, summary).await;
@@ -340,7 +433,7 @@ impl Session {
         }
     }
 
-    async fn on_chunk(&mut self, rid: &str, data: &[u8]) {
+    async fn on_chunk(&mut self, rid: &str, data: Bytes) {
         let Some(upload) = self.uploads.get_mut(rid) else {
             return;
         };
@@ -416,6 +509,8 @@ impl Session {
             Ok(found) => found,
             Err(e) => return self.reply_error(&envelope, e.to_string(), 404),
         };
+        let chunk_size = self.shared.connection.stream().chunk_size().get();
+        let reader = ChunkReader::new(file, chunk_size);
         let mut sender = match self.conn.stream_sender(&envelope.id) {
             Ok(sender) => sender,
             Err(e) => return self.reply_error(&envelope, e.to_string(), e.code()),
@@ -436,33 +531,27 @@ impl Session {
         self.downloads.push_back(Download {
             request: envelope,
             meta,
-            file,
+            reader,
             sender,
         });
     }
 
-    /// Queues the next chunks of the current download when the transmit
-    /// queue has run empty.
+    /// Queues the current download's chunks that are ready while the
+    /// transmit queue holds fewer than [`DOWNLOAD_SEND_AHEAD`] envelopes,
+    /// and starts the next reads.
     async fn top_up(&mut self) {
-        let mut queued = 0;
-        while queued < CHUNKS_PER_TOP_UP && !self.conn.has_transmit() {
+        while self.conn.queued_transmit() < DOWNLOAD_SEND_AHEAD {
             let Some(download) = self.downloads.front_mut() else {
                 return;
             };
-            let chunk_size = self.shared.connection.stream().chunk_size().get();
-            let mut buf = BytesMut::with_capacity(chunk_size);
-            let read = loop {
-                match download.file.read_buf(&mut buf).await {
-                    Ok(0) => break Ok(()),
-                    Ok(_) if buf.len() >= chunk_size => break Ok(()),
-                    Ok(_) => {}
-                    Err(e) => break Err(e),
-                }
+            download.reader.read_ahead();
+            let Some(read) = download.reader.next_ready().await else {
+                return;
             };
             let now = Self::now();
             let outcome = match read {
                 Err(e) => Err(e.to_string()),
-                Ok(()) if buf.is_empty() => {
+                Ok(chunk) if chunk.is_empty() => {
                     // End of file: endstream, then the reply.
                     let Some(done) = self.downloads.pop_front() else {
                         return;
@@ -470,9 +559,9 @@ impl Session {
                     self.finish_download(done, now);
                     continue;
                 }
-                Ok(()) => self
+                Ok(chunk) => self
                     .conn
-                    .send_chunk(&mut download.sender, buf.freeze(), now)
+                    .send_chunk(&mut download.sender, chunk, now)
                     .map_err(|e| e.to_string()),
             };
             if let Err(message) = outcome
@@ -481,7 +570,9 @@ impl Session {
                 warn!(id = %failed.meta.id, %message, "download failed");
                 self.reply_error(&failed.request, message, 500);
             }
-            queued += 1;
+        }
+        if let Some(download) = self.downloads.front_mut() {
+            download.reader.read_ahead();
         }
     }
 
@@ -504,6 +595,13 @@ impl Session {
                 chunks = done.sender.chunks_sent(), "download sent"),
             Err(e) => debug!(error = %e, "could not queue the end of a download"),
         }
+    }
+}
+
+/// Waits for the read in flight of the front download (cancel-safe).
+async fn read_front(downloads: &mut VecDeque<Download>) {
+    if let Some(download) = downloads.front_mut() {
+        download.reader.wait().await;
     }
 }
 
@@ -552,6 +650,7 @@ mod tests {
     use std::path::PathBuf;
     use std::time::Duration;
 
+    use bytes::BytesMut;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::*;
