@@ -786,6 +786,70 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn upload_checksum_is_checked_when_announced_and_optional() {
+        // A wrong checksum fails the upload and stores nothing; an empty
+        // one (the Node package's default) stores what arrived.
+        let (mut peer, _stop, root) = start("checksum");
+        let content = Bytes::from(vec![5u8; 1000]);
+        let mut signin = pack(&SigninRequest {
+            username: "dev".into(),
+            password: "pw".into(),
+            ..Default::default()
+        });
+        signin.id = "s".into();
+        let upload = |id: &str, filename: &str| {
+            let mut envelope = pack(&UploadRequest {
+                filename: filename.into(),
+                ..Default::default()
+            });
+            envelope.id = id.into();
+            envelope
+        };
+        let begin = |checksum: String| {
+            pack(&BeginStream {
+                checksum,
+                stat: None,
+            })
+        };
+        let chunk = pack(&Stream {
+            data: content.clone(),
+        });
+        let input = wire(vec![
+            signin,
+            upload("bad", "bad.bin"),
+            part("bad", begin("0".repeat(64))),
+            part("bad", chunk.clone()),
+            part("bad", pack(&crate::proto::EndStream {})),
+            upload("none", "none.bin"),
+            part("none", begin(String::new())),
+            part("none", chunk),
+            part("none", pack(&crate::proto::EndStream {})),
+        ]);
+        peer.write_all(&input).await.unwrap();
+        let seen = read(&mut peer, 3).await;
+        let by_rid = |rid: &str| seen.iter().find(|e| e.rid == rid).unwrap();
+        let strict = crate::command::Validation::Strict;
+        let refused = crate::envelope::unpack::<ErrorResponse>(by_rid("bad"), strict).unwrap();
+        assert!(refused.message.contains("checksum mismatch"), "{refused:?}");
+        let stored = crate::envelope::unpack::<UploadResponse>(by_rid("none"), strict).unwrap();
+        assert_eq!(stored.bytes, 1000);
+        let files = std::fs::read_dir(root.join("files"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<Vec<_>>();
+        assert_eq!(files, std::slice::from_ref(&stored.id));
+        let dir = root.join("files").join(&stored.id);
+        assert_eq!(std::fs::read(dir.join("content")).unwrap(), content);
+        let meta = std::fs::read_to_string(dir.join("meta.json")).unwrap();
+        assert!(
+            meta.contains(&crate::stream::sha256_hex(&content)),
+            "{meta}"
+        );
+        assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[tokio::test]
     async fn refused_upload_is_answered_once() {
         // Not signed in: the upload is refused, and its stream, which then
         // fails (a malformed checksum), gets no second answer.
