@@ -35,7 +35,7 @@ use crate::proto::{
     UploadRequest, UploadResponse, User,
 };
 use crate::stream::StreamSender;
-use crate::transport::{BoxTransport, Driver, FLUSH_TIMEOUT, Status};
+use crate::transport::{BoxTransport, Driver, Status};
 
 /// Envelopes a download keeps queued in the connection (1 MiB of chunks at
 /// the default chunk size), so the socket never waits for the next chunk.
@@ -205,17 +205,9 @@ impl Session {
                 status = self.driver.drive(&mut self.conn) => match status {
                     Ok(Status::Progress) => {}
                     Ok(Status::Closed) => break "peer closed".to_owned(),
-                    Err(e) => {
-                        // A connection-fatal error left a notice queued for
-                        // the peer; send it before closing, whatever the
-                        // driver made of the error.
-                        let _ = tokio::time::timeout(
-                            FLUSH_TIMEOUT,
-                            self.driver.close(&mut self.conn),
-                        )
-                        .await;
-                        break e.to_string();
-                    }
+                    // A connection-fatal error's notice to the peer was
+                    // flushed by the driver.
+                    Err(e) => break e.to_string(),
                 },
                 () = super::stopped(&mut shutdown) => {
                     let _ = self.driver.close(&mut self.conn).await;
@@ -721,6 +713,22 @@ mod tests {
         seen
     }
 
+    /// Sends a ping with `seq` and asserts that the next envelope to
+    /// arrive is its pong: nothing else was queued before it.
+    async fn assert_pong_comes_next(peer: &mut DuplexStream, seq: i32) {
+        let mut ping = pack(&PingRequest {});
+        ping.id = "last".into();
+        ping.seq = seq;
+        let mut frame = BytesMut::new();
+        encode_frame(&ping, usize::MAX, &mut frame).unwrap();
+        peer.write_all(&frame).await.unwrap();
+        let next = read(peer, 1).await;
+        assert_eq!(
+            (next[0].command.as_str(), next[0].rid.as_str()),
+            ("pong", "last")
+        );
+    }
+
     fn part(rid: &str, mut envelope: Envelope) -> Envelope {
         envelope.rid = rid.to_owned();
         envelope
@@ -728,9 +736,9 @@ mod tests {
 
     #[tokio::test]
     async fn undecodable_envelope_is_explained_before_the_close() {
-        // The driver flushes only errors it classifies as connection-fatal;
-        // an undecodable envelope ends the connection too and must not
-        // close it without a word.
+        // The driver flushes the notice of a connection-fatal error (the
+        // session does not flush again); an undecodable envelope ends the
+        // connection and must not close it without a word.
         let (mut peer, _stop, root) = start("undecodable");
         peer.write_all(&[4, 0, 0, 0, 0x0f, 0xff, 0xff, 0xff])
             .await
@@ -771,17 +779,8 @@ mod tests {
             summary,
             [("error", "nosuch"), ("error", "other"), ("pong", "e3")]
         );
-        let mut ping = pack(&PingRequest {});
-        ping.id = "last".into();
-        ping.seq = 4;
-        let mut frame = BytesMut::new();
-        encode_frame(&ping, usize::MAX, &mut frame).unwrap();
-        peer.write_all(&frame).await.unwrap();
-        let next = read(&mut peer, 1).await;
-        assert_eq!(
-            (next[0].command.as_str(), next[0].rid.as_str()),
-            ("pong", "last")
-        );
+        // Nothing else was queued: the next ping's pong comes next.
+        assert_pong_comes_next(&mut peer, 4).await;
         std::fs::remove_dir_all(root).unwrap();
     }
 
@@ -883,18 +882,7 @@ mod tests {
             crate::envelope::unpack::<ErrorResponse>(error, crate::command::Validation::Strict)
                 .unwrap();
         assert_eq!(error.code, 401);
-        // Nothing else was queued: the next ping's pong comes next.
-        let mut ping = pack(&PingRequest {});
-        ping.id = "last".into();
-        ping.seq = 5;
-        let mut frame = BytesMut::new();
-        encode_frame(&ping, usize::MAX, &mut frame).unwrap();
-        peer.write_all(&frame).await.unwrap();
-        let next = read(&mut peer, 1).await;
-        assert_eq!(
-            (next[0].command.as_str(), next[0].rid.as_str()),
-            ("pong", "last")
-        );
+        assert_pong_comes_next(&mut peer, 5).await;
         assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
         std::fs::remove_dir_all(root).unwrap();
     }
