@@ -48,9 +48,21 @@ pub const DOWNLOAD_READ_AHEAD: usize = 4;
 /// file); more are answered `error` 429.
 pub const MAX_DOWNLOADS_PER_CONNECTION: usize = 16;
 
-struct Upload {
+/// What the session knows of an upload's rid.
+enum Upload {
+    /// Being written to its temporary file.
+    Open(Box<OpenUpload>),
+    /// Answered `error` already (refused, or its write failed): the parts
+    /// that follow anyway are dropped quietly, and its end or failure gets
+    /// no second answer. (The connection registered the upload's stream,
+    /// so these entries are bounded by its open-stream limit, and each goes
+    /// when its stream ends or fails.)
+    Answered,
+}
+
+struct OpenUpload {
     request: Envelope,
-    file: Option<PendingUpload>,
+    file: PendingUpload,
     started: Instant,
 }
 
@@ -218,8 +230,8 @@ impl Session {
         // Failures reported by the end of the connection (open transfers).
         self.handle_events().await;
         for (_, upload) in self.uploads.drain() {
-            if let Some(file) = upload.file {
-                file.discard().await;
+            if let Upload::Open(open) = upload {
+                open.file.discard().await;
             }
         }
         info!(transport = self.transport, peer = %self.peer, %reason, "disconnected");
@@ -259,8 +271,8 @@ impl Session {
                 }
                 Event::StreamChunk { rid, data } => self.on_chunk(&rid, data).await,
                 Event::StreamEnded { rid, summary } => {
-                    if let Some(upload) = self.uploads.remove(&rid) {
-                        self.finish_upload(upload, summary).await;
+                    if let Some(Upload::Open(open)) = self.uploads.remove(&rid) {
+                        self.finish_upload(*open, summary).await;
                     }
                 }
                 Event::StreamFailed { rid, error } => self.on_stream_failed(rid, error).await,
@@ -276,16 +288,12 @@ impl Session {
     async fn on_stream_failed(&mut self, rid: String, error: crate::stream::StreamError) {
         let code = crate::Error::from(error.clone()).code();
         match self.uploads.remove(&rid) {
-            Some(Upload {
-                request,
-                file: Some(file),
-                ..
-            }) => {
+            Some(Upload::Open(open)) => {
                 warn!(%rid, %error, "upload failed");
-                file.discard().await;
-                self.reply_error(&request, error.to_string(), code);
+                open.file.discard().await;
+                self.reply_error(&open.request, error.to_string(), code);
             }
-            Some(_) => debug!(%rid, %error, "refused upload's stream failed"),
+            Some(Upload::Answered) => debug!(%rid, %error, "answered upload's stream failed"),
             None if error.is_peer_violation() => self.reply_stray(&rid, error.to_string(), code),
             None => debug!(%rid, %error, "stream failed"),
         }
@@ -302,22 +310,11 @@ impl Session {
         self.reply_error(&part, message, code);
     }
 
-    /// Refuses `request`. A refused `upload` is remembered without a file:
-    /// its parts follow anyway and are dropped quietly, without a second
-    /// answer. (The connection registered the upload's stream, so these
-    /// entries are bounded by its open-stream limit, and each goes when its
-    /// stream ends or fails.)
+    /// Refuses `request`; a refused `upload` is [`Upload::Answered`].
     fn refuse(&mut self, request: Envelope, message: impl Into<String>, code: i32) {
         self.reply_error(&request, message, code);
         if request.command == "upload" {
-            self.uploads.insert(
-                request.id.clone(),
-                Upload {
-                    request,
-                    file: None,
-                    started: Instant::now(),
-                },
-            );
+            self.uploads.insert(request.id, Upload::Answered);
         }
     }
 
@@ -412,43 +409,41 @@ impl Session {
             .await
         {
             Ok(file) => {
-                self.uploads.insert(
-                    envelope.id.clone(),
-                    Upload {
-                        request: envelope,
-                        file: Some(file),
-                        started: Instant::now(),
-                    },
-                );
+                let open = OpenUpload {
+                    request: envelope,
+                    file,
+                    started: Instant::now(),
+                };
+                self.uploads
+                    .insert(open.request.id.clone(), Upload::Open(Box::new(open)));
             }
             Err(e) => self.refuse(envelope, e.to_string(), 400),
         }
     }
 
     async fn on_chunk(&mut self, rid: &str, data: Bytes) {
-        let Some(upload) = self.uploads.get_mut(rid) else {
+        let Some(Upload::Open(open)) = self.uploads.get_mut(rid) else {
             return;
         };
-        let Some(file) = upload.file.as_mut() else {
-            return;
-        };
-        if let Err(e) = file.write(data).await {
+        if let Err(e) = open.file.write(data).await {
             warn!(%rid, error = %e, "upload write failed");
-            let request = upload.request.clone();
-            if let Some(file) = upload.file.take() {
-                file.discard().await;
+            // Answered: the remaining parts are dropped, the end gets no
+            // second reply.
+            if let Some(Upload::Open(open)) = self.uploads.insert(rid.to_owned(), Upload::Answered)
+            {
+                open.file.discard().await;
+                self.reply_error(&open.request, e.to_string(), 500);
             }
-            // The entry stays (file gone) so the remaining parts are dropped
-            // and the end gets no second reply.
-            self.reply_error(&request, e.to_string(), 500);
         }
     }
 
-    async fn finish_upload(&mut self, upload: Upload, summary: crate::stream::StreamSummary) {
-        let Some(file) = upload.file else {
-            return;
-        };
-        let elapsed = upload.started.elapsed();
+    async fn finish_upload(&mut self, upload: OpenUpload, summary: crate::stream::StreamSummary) {
+        let OpenUpload {
+            request,
+            file,
+            started,
+        } = upload;
+        let elapsed = started.elapsed();
         match file.commit(&summary.sha256).await {
             Ok(meta) => {
                 let secs = elapsed.as_secs_f64().max(1e-6);
@@ -465,16 +460,16 @@ impl Session {
                     elapsed_time: i32::try_from(elapsed.as_millis()).unwrap_or(i32::MAX),
                     mbps: (mb / secs) as f32,
                 };
-                if let Err(e) =
-                    self.conn
-                        .reply::<UploadRequest>(&upload.request, &response, Self::now())
+                if let Err(e) = self
+                    .conn
+                    .reply::<UploadRequest>(&request, &response, Self::now())
                 {
                     debug!(error = %e, "could not queue the upload reply");
                 }
             }
             Err(e) => {
                 warn!(error = %e, "upload commit failed");
-                self.reply_error(&upload.request, e.to_string(), 500);
+                self.reply_error(&request, e.to_string(), 500);
             }
         }
     }
