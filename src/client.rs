@@ -907,7 +907,7 @@ impl FileWriter {
 /// | step       | timed                                               | checked |
 /// |------------|-----------------------------------------------------|---------|
 /// | pings      | `count` sequential [`Client::ping`] calls           | every pong |
-/// | upload     | [`Client::upload_with`]: hash the file (unless [`UploadOptions::checksum`](super::UploadOptions::checksum) is off), send it, `uploadreply` (the server has verified the checksum, if any, and synced the file) | reply |
+/// | upload     | [`Client::upload_with`]: hash the file (unless [`UploadOptions::checksum`] is off), send it, `uploadreply` (the server has verified the checksum, if any, and synced the file) | reply |
 /// | download   | [`Client::download`]: chunks to a temp file, checksum checked, file synced and renamed | SHA-256 of the written file, outside the timing |
 pub mod bench {
     use std::io::{Read, Write};
