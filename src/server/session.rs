@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::Shared;
 use super::auth::Identity;
-use super::store::{FileMeta, PendingUpload};
+use super::store::{FileMeta, PendingUpload, UPLOAD_WRITE_BEHIND};
 use crate::command::Payload;
 use crate::connection::{Connection, Event, Role};
 use crate::envelope::Envelope;
@@ -421,19 +421,55 @@ impl Session {
         }
     }
 
+    /// Queues an upload's chunk for its file. Each upload holds at most
+    /// [`UPLOAD_WRITE_BEHIND`] bytes waiting for the disk, and so do all of
+    /// the connection's uploads together: above it the session waits for
+    /// the disk (on the upload with the most waiting) before it reads on.
     async fn on_chunk(&mut self, rid: &str, data: Bytes) {
         let Some(Upload::Open(open)) = self.uploads.get_mut(rid) else {
             return;
         };
         if let Err(e) = open.file.write(data).await {
-            warn!(%rid, error = %e, "upload write failed");
-            // Answered: the remaining parts are dropped, the end gets no
-            // second reply.
-            if let Some(Upload::Open(open)) = self.uploads.insert(rid.to_owned(), Upload::Answered)
-            {
-                open.file.discard().await;
-                self.reply_error(&open.request, e.to_string(), 500);
+            return self.write_failed(rid, e).await;
+        }
+        loop {
+            let mut total = 0;
+            let mut largest: Option<(&String, usize)> = None;
+            for (rid, upload) in &self.uploads {
+                if let Upload::Open(open) = upload {
+                    let backlog = open.file.backlog();
+                    total += backlog;
+                    if largest.is_none_or(|(_, most)| backlog > most) {
+                        largest = Some((rid, backlog));
+                    }
+                }
             }
+            let Some((rid, _)) = largest.filter(|_| total >= UPLOAD_WRITE_BEHIND) else {
+                return;
+            };
+            let rid = rid.clone();
+            let Some(Upload::Open(open)) = self.uploads.get_mut(&rid) else {
+                return;
+            };
+            let before = open.file.backlog();
+            match open.file.wait().await {
+                // Every queued chunk has a write in flight ahead of it, so
+                // each wait shrinks the backlog; stop should one not.
+                Ok(()) if open.file.backlog() >= before => return,
+                Ok(()) => {}
+                Err(e) => self.write_failed(&rid, e).await,
+            }
+        }
+    }
+
+    /// An upload's file could not be written: answered `error` 500, its
+    /// temporary file removed, the remaining parts dropped and the end
+    /// answered no more.
+    async fn write_failed(&mut self, rid: &str, e: super::store::StoreError) {
+        warn!(%rid, error = %e, "upload write failed");
+        if let Some(Upload::Open(open)) = self.uploads.insert(rid.to_owned(), Upload::Answered) {
+            open.file.discard().await;
+            self.reply_error(&open.request, e.to_string(), 500);
         }
     }
 

@@ -462,9 +462,14 @@ impl PendingUpload {
         self.writing = Some((bytes, handle));
     }
 
-    /// Waits for the write in flight (cancel-safe: a dropped wait leaves it
-    /// in flight) and starts the next.
-    async fn wait(&mut self) -> Result<(), StoreError> {
+    /// Waits for the write in flight, if any (cancel-safe: a dropped wait
+    /// leaves it in flight), and starts writing what was queued meanwhile.
+    /// For a caller that bounds the backlog of several uploads together.
+    ///
+    /// # Errors
+    ///
+    /// The file system failed.
+    pub async fn wait(&mut self) -> Result<(), StoreError> {
         let Some((bytes, writing)) = &mut self.writing else {
             return Ok(());
         };
