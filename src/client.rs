@@ -9,7 +9,7 @@
 //!
 //! | call       | sends                                              | done when                 |
 //! |------------|----------------------------------------------------|---------------------------|
-//! | `upload`   | `upload`, `beginstream` (SHA-256), chunks read ahead from disk on a blocking thread while earlier ones are sent, `endstream` | `uploadreply` or `error` |
+//! | `upload`   | `upload`, `beginstream` (SHA-256, or none with [`UploadOptions::checksum`] off), chunks read ahead from disk on a blocking thread while earlier ones are sent, `endstream` | `uploadreply` or `error` |
 //! | `download` | `download`                                          | chunks written to a temp file on a blocking thread while the next ones arrive; `endstream` (checksum checked by the core), then `downloadreply`: temp synced and renamed onto `out` |
 //!
 //! A failed download leaves no output file: the temporary file beside
@@ -140,6 +140,38 @@ impl Default for ClientConfig {
             transport: TransportConfig::default(),
             require_checksum: true,
         }
+    }
+}
+
+/// How [`Client::upload_with`] uploads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UploadOptions {
+    /// Hash the file first and send its SHA-256 in `beginstream`, so the
+    /// server refuses the upload when what arrived differs (default on).
+    /// Off, `beginstream` carries an empty checksum, as the Node package
+    /// sends by default (PROTOCOL.md, "Upload flow"): the file is read once
+    /// instead of twice, and only the transport vouches for the data.
+    pub checksum: bool,
+}
+
+impl Default for UploadOptions {
+    fn default() -> Self {
+        Self { checksum: true }
+    }
+}
+
+impl UploadOptions {
+    /// The defaults: checksum on.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets [`checksum`](Self::checksum).
+    #[must_use]
+    pub fn checksum(mut self, on: bool) -> Self {
+        self.checksum = on;
+        self
     }
 }
 
@@ -352,22 +384,51 @@ impl Client {
         self.await_reply(&id).await
     }
 
-    /// Uploads the file at `path` with its SHA-256 in `beginstream`. The
-    /// file is read twice: once to hash it, then in chunks that a blocking
-    /// thread reads ahead ([`UPLOAD_READ_AHEAD`] of them) while the
-    /// connection sends the previous ones.
+    /// Uploads the file at `path` with its SHA-256 in `beginstream`
+    /// ([`upload_with`](Self::upload_with) and the default
+    /// [`UploadOptions`]). The file is read twice: once to hash it, then in
+    /// chunks that a blocking thread reads ahead ([`UPLOAD_READ_AHEAD`] of
+    /// them) while the connection sends the previous ones.
     ///
     /// # Errors
     ///
     /// The file cannot be read, the server refused the upload, or a
     /// connection error.
     pub async fn upload(&mut self, path: &Path) -> Result<UploadResponse, ClientError> {
+        self.upload_with(path, &UploadOptions::default()).await
+    }
+
+    /// Uploads the file at `path` as `options` say: with
+    /// [`UploadOptions::checksum`] off the file is not hashed first and
+    /// `beginstream` carries no checksum; otherwise as
+    /// [`upload`](Self::upload).
+    ///
+    /// # Errors
+    ///
+    /// As [`upload`](Self::upload).
+    pub async fn upload_with(
+        &mut self,
+        path: &Path,
+        options: &UploadOptions,
+    ) -> Result<UploadResponse, ClientError> {
         let started = Instant::now();
         let owned = path.to_owned();
-        let (file, digest, total) = blocking(move || open_and_hash(&owned))
+        let (file, digest, total) = if options.checksum {
+            let (file, digest, total) = blocking(move || open_and_hash(&owned))
+                .await
+                .map_err(file_error(path))?;
+            tracing::debug!(hashed_in = ?started.elapsed(), bytes = total, "upload hashed");
+            (file, Some(digest), total)
+        } else {
+            let (file, total) = blocking(move || {
+                let file = std::fs::File::open(&owned)?;
+                let total = file.metadata()?.len();
+                Ok((file, total))
+            })
             .await
             .map_err(file_error(path))?;
-        tracing::debug!(hashed_in = ?started.elapsed(), bytes = total, "upload hashed");
+            (file, None, total)
+        };
         let filename = path
             .file_name()
             .and_then(|n| n.to_str())
@@ -380,9 +441,7 @@ impl Client {
         };
         let id = self.conn.request(&request, now)?;
         let mut sender = self.conn.stream_sender(&id)?;
-        let begin = sender
-            .begin(Some(digest), None)
-            .map_err(crate::Error::from)?;
+        let begin = sender.begin(digest, None).map_err(crate::Error::from)?;
         self.conn.send(begin, now)?;
         let chunk_size = self.config.connection.stream().chunk_size().get();
         let mut reader = ChunkReader::new(file, chunk_size);
@@ -394,15 +453,13 @@ impl Client {
                 };
                 let chunk = chunk.map_err(file_error(path))?;
                 let now = Instant::now();
-                let envelope = if chunk.is_empty() {
+                if chunk.is_empty() {
                     sending = false;
                     tracing::debug!(read_in = ?started.elapsed(), "upload read to the end");
-                    sender.end()
+                    let end = sender.end().map_err(crate::Error::from)?;
+                    self.conn.send(end, now)?;
                 } else {
-                    sender.chunk(chunk)
-                };
-                self.conn.send(envelope.map_err(crate::Error::from)?, now)?;
-                if sending {
+                    self.conn.send_chunk(&mut sender, chunk, now)?;
                     self.report(Direction::Upload, sender.bytes_sent(), Some(total));
                 }
             }
@@ -850,14 +907,14 @@ impl FileWriter {
 /// | step       | timed                                               | checked |
 /// |------------|-----------------------------------------------------|---------|
 /// | pings      | `count` sequential [`Client::ping`] calls           | every pong |
-/// | upload     | [`Client::upload`]: hash the file, send it, `uploadreply` (the server has verified the checksum and synced the file) | reply |
+/// | upload     | [`Client::upload_with`]: hash the file (unless [`UploadOptions::checksum`] is off), send it, `uploadreply` (the server has verified the checksum, if any, and synced the file) | reply |
 /// | download   | [`Client::download`]: chunks to a temp file, checksum checked, file synced and renamed | SHA-256 of the written file, outside the timing |
 pub mod bench {
     use std::io::{Read, Write};
     use std::path::Path;
     use std::time::{Duration, Instant};
 
-    use super::{Client, ClientError, file_error};
+    use super::{Client, ClientError, UploadOptions, file_error};
 
     /// MiB per second for `bytes` moved in `elapsed`.
     pub fn mib_per_s(bytes: u64, elapsed: Duration) -> f64 {
@@ -927,8 +984,10 @@ pub mod bench {
         pub ping_time: Duration,
         /// File size.
         pub bytes: u64,
-        /// Time of the upload, hashing included.
+        /// Time of the upload, hashing included when `upload_checksum`.
         pub upload_time: Duration,
+        /// The upload sent its SHA-256 (hashed first, within the time).
+        pub upload_checksum: bool,
         /// Time of the download, until the file was synced and renamed.
         pub download_time: Duration,
         /// The download's checksum was verified by the protocol and the
@@ -966,8 +1025,9 @@ pub mod bench {
         Ok(started.elapsed())
     }
 
-    /// Pings, then uploads `source` (whose SHA-256 is `source_sha`) and
-    /// downloads it again into `work`; the downloaded file is removed.
+    /// Pings, then uploads `source` (whose SHA-256 is `source_sha`) with
+    /// its checksum and downloads it again into `work`; the downloaded file
+    /// is removed. [`measure_with`] with the default [`UploadOptions`].
     ///
     /// # Errors
     ///
@@ -979,11 +1039,37 @@ pub mod bench {
         source_sha: &str,
         work: &Path,
     ) -> Result<Measurement, ClientError> {
+        measure_with(
+            client,
+            pings_count,
+            source,
+            source_sha,
+            work,
+            &UploadOptions::default(),
+        )
+        .await
+    }
+
+    /// As [`measure`], the upload made with `upload` options (without a
+    /// checksum, for instance, to time it without the hashing pass). The
+    /// download is checked the same way in either case.
+    ///
+    /// # Errors
+    ///
+    /// As [`measure`].
+    pub async fn measure_with(
+        client: &mut Client,
+        pings_count: u32,
+        source: &Path,
+        source_sha: &str,
+        work: &Path,
+        upload: &UploadOptions,
+    ) -> Result<Measurement, ClientError> {
         let endpoint = client.endpoint().clone();
         let ping_time = pings(client, pings_count).await?;
         let bytes = std::fs::metadata(source).map_err(file_error(source))?.len();
         let started = Instant::now();
-        let uploaded = client.upload(source).await?;
+        let uploaded = client.upload_with(source, upload).await?;
         let upload_time = started.elapsed();
         let out = work.join(format!("download-{}.bin", endpoint.transport()));
         let started = Instant::now();
@@ -998,10 +1084,115 @@ pub mod bench {
             ping_time,
             bytes,
             upload_time,
+            upload_checksum: upload.checksum,
             download_time,
             checksum_ok: done.summary.checksum_verified
                 && done.summary.bytes == bytes
                 && written == source_sha,
         })
+    }
+}
+
+#[cfg(all(test, feature = "server", feature = "transport-tcp"))]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::envelope::{decode_envelope, unpack};
+    use crate::frame::FrameDecoder;
+    use crate::proto::BeginStream;
+    use crate::server::{Server, ServerConfig};
+
+    fn scratch(tag: &str) -> PathBuf {
+        let suffix = getrandom::u64().unwrap();
+        let dir = std::env::temp_dir().join(format!("openiap-client-{tag}-{suffix:016x}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// The checksum of the `beginstream` an upload of `path` sends, as a
+    /// peer that only reads sees it (it keeps the connection open, so the
+    /// upload is still waiting when it answers).
+    async fn announced_checksum(path: &Path, options: &UploadOptions) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("socket://{}", listener.local_addr().unwrap());
+        let mut peer = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut decoder = FrameDecoder::default();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert_ne!(n, 0, "closed before beginstream");
+                decoder.push(&buf[..n]);
+                while let Some(frame) = decoder.decode().unwrap() {
+                    let envelope = decode_envelope(frame).unwrap();
+                    if envelope.command == "beginstream" {
+                        let begin = unpack::<BeginStream>(&envelope, Validation::Strict);
+                        return (begin.unwrap().checksum, socket);
+                    }
+                }
+            }
+        });
+        let mut client = Client::connect(&url).await.unwrap();
+        let wait = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::select! {
+                answered = &mut peer => answered.unwrap().0,
+                ended = client.upload_with(path, options) => panic!("upload ended first: {ended:?}"),
+            }
+        });
+        wait.await.expect("a beginstream within 10 s")
+    }
+
+    #[tokio::test]
+    async fn upload_announces_the_checksum_unless_told_not_to() {
+        let dir = scratch("announce");
+        let path = dir.join("a.bin");
+        let content: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let with = announced_checksum(&path, &UploadOptions::default()).await;
+        assert_eq!(with, crate::stream::sha256_hex(&content));
+        let without = announced_checksum(&path, &UploadOptions::new().checksum(false)).await;
+        assert_eq!(without, "");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn upload_without_checksum_is_stored_and_downloads_verified() {
+        let dir = scratch("nochecksum");
+        let mut config = ServerConfig::new(dir.join("data"));
+        config.dev_password = Some("pw".to_owned());
+        config.listen = vec!["socket://127.0.0.1:0".parse().unwrap()];
+        let server = Server::bind(config).await.unwrap();
+        let url = server.endpoints()[0].to_string();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        // More than one chunk, not a multiple of the chunk size.
+        let content: Vec<u8> = (0..700_001u32).map(|i| (i % 241) as u8).collect();
+        let path = dir.join("plain.bin");
+        std::fs::write(&path, &content).unwrap();
+        let mut client = Client::connect(&url).await.unwrap();
+        client
+            .signin(crate::server::DEV_USERNAME, "pw")
+            .await
+            .unwrap();
+        let options = UploadOptions::new().checksum(false);
+        let reply = client.upload_with(&path, &options).await.unwrap();
+        assert_eq!(reply.bytes, 700_001);
+        let stored = dir.join("data").join("files").join(&reply.id);
+        assert_eq!(std::fs::read(stored.join("content")).unwrap(), content);
+        let out = dir.join("back.bin");
+        let done = client.download(&reply.id, &out).await.unwrap();
+        // The server hashed what arrived and announces it with the download.
+        assert!(done.summary.checksum_verified);
+        assert_eq!(done.summary.sha256, crate::stream::sha256_hex(&content));
+        assert_eq!(std::fs::read(&out).unwrap(), content);
+        client.close().await.unwrap();
+        stop.send(()).unwrap();
+        task.await.unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use openiap_wire::client::{Client, Direction, Progress, bench};
+use openiap_wire::client::{Client, Direction, Progress, UploadOptions, bench};
 use openiap_wire::server::{DEV_USERNAME, Server, ServerConfig};
 use openiap_wire::transport::Endpoint;
 use serde_json::json;
@@ -50,6 +50,10 @@ enum Command {
     Upload {
         /// The file.
         file: PathBuf,
+        /// Send no checksum (the file is read once instead of twice; the
+        /// server cannot check what arrived).
+        #[arg(long)]
+        no_checksum: bool,
     },
     /// Download a file by id; nothing is written unless the checksum passes.
     Download {
@@ -67,6 +71,10 @@ enum Command {
         /// Pings.
         #[arg(long, default_value_t = 1000)]
         pings: u32,
+        /// Upload without a checksum (times the upload without the hashing
+        /// pass; the download is checked as always).
+        #[arg(long)]
+        no_checksum: bool,
     },
     /// Start a server in-process and exercise every transport.
     Demo {
@@ -149,11 +157,12 @@ async fn run(args: &Args) -> Result<serde_json::Value, Failure> {
                 "pings_per_s": f64::from(*count) / elapsed.as_secs_f64().max(1e-9)}),
             )
         }
-        Command::Upload { file } => {
+        Command::Upload { file, no_checksum } => {
             let mut client = signed_in(args).await?;
             let bar = show_progress(&mut client, args);
             let started = Instant::now();
-            let reply = client.upload(file).await;
+            let options = UploadOptions::new().checksum(!no_checksum);
+            let reply = client.upload_with(file, &options).await;
             if bar {
                 eprintln!();
             }
@@ -163,7 +172,8 @@ async fn run(args: &Args) -> Result<serde_json::Value, Failure> {
             let bytes = std::fs::metadata(file)?.len();
             Ok(
                 json!({"command": "upload", "id": reply.id, "filename": reply.filename,
-                "bytes": bytes, "mib_per_s": bench::mib_per_s(bytes, elapsed)}),
+                "bytes": bytes, "checksum": !no_checksum,
+                "mib_per_s": bench::mib_per_s(bytes, elapsed)}),
             )
         }
         Command::Download { id, out } => {
@@ -205,7 +215,14 @@ async fn run(args: &Args) -> Result<serde_json::Value, Failure> {
                 "mib_per_s": bench::mib_per_s(done.summary.bytes, elapsed)}),
             )
         }
-        Command::Bench { size_mib, pings } => bench(args, *size_mib, *pings).await,
+        Command::Bench {
+            size_mib,
+            pings,
+            no_checksum,
+        } => {
+            let options = UploadOptions::new().checksum(!no_checksum);
+            bench(args, *size_mib, *pings, &options).await
+        }
         Command::Demo { size_mib, pings } => demo(*size_mib, *pings, args.json).await,
     }
 }
@@ -217,10 +234,12 @@ async fn measure(
     source: &Path,
     source_sha: &str,
     work: &Path,
+    upload: &UploadOptions,
 ) -> Result<serde_json::Value, Failure> {
-    let m = bench::measure(client, pings, source, source_sha, work).await?;
+    let m = bench::measure_with(client, pings, source, source_sha, work, upload).await?;
     Ok(json!({"transport": m.transport, "url": m.url,
         "pings": m.pings, "pings_per_s": m.pings_per_s(), "bytes": m.bytes,
+        "upload_checksum": m.upload_checksum,
         "upload_mib_per_s": m.upload_mib_per_s(), "download_mib_per_s": m.download_mib_per_s(),
         "checksum_ok": m.checksum_ok}))
 }
@@ -235,7 +254,8 @@ async fn demo_transport(
 ) -> Result<serde_json::Value, Failure> {
     let mut client = Client::connect(&endpoint.to_string()).await?;
     client.signin(DEV_USERNAME, password).await?;
-    let row = measure(&mut client, pings, source, source_sha, work).await?;
+    let upload = UploadOptions::default();
+    let row = measure(&mut client, pings, source, source_sha, work, &upload).await?;
     client.close().await?;
     Ok(row)
 }
@@ -277,14 +297,19 @@ fn scratch_dir(kind: &str) -> std::io::Result<(PathBuf, String)> {
     Ok((dir, tag))
 }
 
-async fn bench(args: &Args, size_mib: u32, pings: u32) -> Result<serde_json::Value, Failure> {
+async fn bench(
+    args: &Args,
+    size_mib: u32,
+    pings: u32,
+    upload: &UploadOptions,
+) -> Result<serde_json::Value, Failure> {
     let mut client = signed_in(args).await?;
     let (work, _) = scratch_dir("bench")?;
     let result = async {
         let source = work.join("bench.bin");
         bench::write_content(&source, u64::from(size_mib) << 20)?;
         let sha = bench::file_sha256(&source)?;
-        measure(&mut client, pings, &source, &sha, &work).await
+        measure(&mut client, pings, &source, &sha, &work, upload).await
     }
     .await;
     let _ = std::fs::remove_dir_all(&work);
@@ -293,6 +318,9 @@ async fn bench(args: &Args, size_mib: u32, pings: u32) -> Result<serde_json::Val
     if !args.json {
         print_header(size_mib, pings);
         print_row(row["transport"].as_str().unwrap_or("?"), &row);
+        if !upload.checksum {
+            println!("(upload without a checksum)");
+        }
     }
     if row["checksum_ok"].as_bool() != Some(true) {
         return Err(format!("bench failed: {row}").into());

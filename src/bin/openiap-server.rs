@@ -46,6 +46,12 @@ struct Args {
     /// Largest upload accepted, in bytes (`off` for no limit).
     #[arg(long, default_value_t = DEFAULT_MAX_UPLOAD_BYTES.to_string())]
     max_upload_bytes: String,
+    /// Runtime worker threads: 0 = tokio's default (one per core, or
+    /// TOKIO_WORKER_THREADS); 1 = everything on one thread (faster pings:
+    /// no wake-ups across threads); N = N workers. File IO runs on the
+    /// blocking pool in every case.
+    #[arg(long, default_value_t = 0)]
+    worker_threads: usize,
 }
 
 /// `--max-upload-bytes`: a byte count or `off`.
@@ -109,8 +115,21 @@ async fn shutdown_signal() {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// The runtime for `--worker-threads`.
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match workers {
+        0 => tokio::runtime::Builder::new_multi_thread(),
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.worker_threads(n);
+            builder
+        }
+    };
+    builder.enable_all().build()
+}
+
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -118,6 +137,16 @@ async fn main() -> ExitCode {
         )
         .init();
     let args = Args::parse();
+    match runtime(args.worker_threads) {
+        Ok(runtime) => runtime.block_on(serve(args)),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> ExitCode {
     let listen = match endpoints(&args) {
         Ok(listen) if !listen.is_empty() => listen,
         Ok(_) => {

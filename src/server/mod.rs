@@ -73,9 +73,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-pub use self::session::MAX_DOWNLOADS_PER_CONNECTION;
 #[cfg(feature = "transport-rest")]
 pub use self::session::REST_TIMEOUT;
+pub use self::session::{DOWNLOAD_READ_AHEAD, DOWNLOAD_SEND_AHEAD, MAX_DOWNLOADS_PER_CONNECTION};
 
 use self::auth::{Auth, random_bytes};
 use self::session::Session;

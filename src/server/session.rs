@@ -10,22 +10,23 @@
 //! ```
 //!
 //! A message carrying its own `jwt` runs as that token's user; an invalid
-//! one is answered `error` 401. Downloads are read from disk a few chunks
-//! at a time, only when the connection's transmit queue has run empty, so a
-//! large file never sits in memory.
+//! one is answered `error` 401. A download's chunks are read from disk on
+//! the blocking pool, [`DOWNLOAD_READ_AHEAD`] ahead of the connection, and
+//! queued while the transmit queue holds fewer than [`DOWNLOAD_SEND_AHEAD`]
+//! envelopes; an upload's chunks are written behind (see
+//! [`PendingUpload`]). So a large file never sits in memory.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use bytes::BytesMut;
-use tokio::io::AsyncReadExt;
+use bytes::Bytes;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::Shared;
 use super::auth::Identity;
-use super::store::{FileMeta, PendingUpload};
+use super::store::{FileMeta, PendingUpload, UPLOAD_WRITE_BEHIND};
 use crate::command::Payload;
 use crate::connection::{Connection, Event, Role};
 use crate::envelope::Envelope;
@@ -34,27 +35,123 @@ use crate::proto::{
     UploadRequest, UploadResponse, User,
 };
 use crate::stream::StreamSender;
-use crate::transport::{BoxTransport, Driver, FLUSH_TIMEOUT, Status};
+use crate::transport::{BoxTransport, Driver, Status};
 
-/// Chunks queued per top-up of a download: 1 MiB at the default chunk size,
-/// enough to keep the socket busy while the next ones are read.
-const CHUNKS_PER_TOP_UP: usize = 4;
+/// Envelopes a download keeps queued in the connection (1 MiB of chunks at
+/// the default chunk size), so the socket never waits for the next chunk.
+pub const DOWNLOAD_SEND_AHEAD: usize = 4;
+
+/// Chunks the current download reads ahead of the connection.
+pub const DOWNLOAD_READ_AHEAD: usize = 4;
 
 /// Downloads one connection may have queued at once (each holds an open
 /// file); more are answered `error` 429.
 pub const MAX_DOWNLOADS_PER_CONNECTION: usize = 16;
 
-struct Upload {
+/// What the session knows of an upload's rid.
+enum Upload {
+    /// Being written to its temporary file.
+    Open(Box<OpenUpload>),
+    /// Answered `error` already (refused, or its write failed): the parts
+    /// that follow anyway are dropped quietly, and its end or failure gets
+    /// no second answer. (The connection registered the upload's stream,
+    /// so these entries are bounded by its open-stream limit, and each goes
+    /// when its stream ends or fails.)
+    Answered,
+}
+
+struct OpenUpload {
     request: Envelope,
-    file: Option<PendingUpload>,
+    file: PendingUpload,
     started: Instant,
 }
 
 struct Download {
     request: Envelope,
     meta: FileMeta,
-    file: tokio::fs::File,
+    reader: ChunkReader,
     sender: StreamSender,
+}
+
+/// Reads up to `size` bytes (less only at the end of the file), straight
+/// into the chunk's own allocation (no zeroing, no second copy).
+fn read_chunk(file: &mut std::fs::File, size: usize) -> std::io::Result<Bytes> {
+    use std::io::Read;
+    let mut chunk = Vec::with_capacity(size);
+    file.take(size as u64).read_to_end(&mut chunk)?;
+    Ok(Bytes::from(chunk))
+}
+
+/// A download's chunks, read on the blocking pool one at a time while
+/// earlier ones are sent; an empty chunk is the end of the file.
+struct ChunkReader {
+    /// The file, while no read is in flight.
+    file: Option<std::fs::File>,
+    reading: Option<tokio::task::JoinHandle<(std::fs::File, std::io::Result<Bytes>)>>,
+    ready: VecDeque<std::io::Result<Bytes>>,
+    size: usize,
+    done: bool,
+}
+
+impl ChunkReader {
+    fn new(file: std::fs::File, size: usize) -> Self {
+        Self {
+            file: Some(file),
+            reading: None,
+            ready: VecDeque::new(),
+            size,
+            done: false,
+        }
+    }
+
+    /// Starts the next read unless one is in flight, enough are ready, or
+    /// the end was reached.
+    fn read_ahead(&mut self) {
+        if self.reading.is_some() || self.done || self.ready.len() >= DOWNLOAD_READ_AHEAD {
+            return;
+        }
+        let Some(mut file) = self.file.take() else {
+            return;
+        };
+        let size = self.size;
+        self.reading = Some(tokio::task::spawn_blocking(move || {
+            let chunk = read_chunk(&mut file, size);
+            (file, chunk)
+        }));
+    }
+
+    fn is_reading(&self) -> bool {
+        self.reading.is_some()
+    }
+
+    /// The next chunk when it is ready; a read that finished meanwhile is
+    /// collected first.
+    async fn next_ready(&mut self) -> Option<std::io::Result<Bytes>> {
+        if self.ready.is_empty() && self.reading.as_ref().is_some_and(|r| r.is_finished()) {
+            self.wait().await;
+        }
+        self.ready.pop_front()
+    }
+
+    /// Waits for the read in flight (cancel-safe: a dropped wait leaves the
+    /// read in flight) and starts the next one.
+    async fn wait(&mut self) {
+        let Some(reading) = &mut self.reading else {
+            return;
+        };
+        let joined = reading.await;
+        self.reading = None;
+        let chunk = match joined {
+            Ok((file, chunk)) => {
+                self.file = Some(file);
+                chunk
+            }
+            Err(join) => Err(std::io::Error::other(join)),
+        };
+        self.done = chunk.as_ref().map_or(true, Bytes::is_empty);
+        self.ready.push_back(chunk);
+        self.read_ahead();
+    }
 }
 
 pub(super) struct Session {
@@ -108,21 +205,21 @@ impl Session {
         let reason = loop {
             self.handle_events().await;
             self.top_up().await;
+            // The next chunk from disk wakes the loop too when the
+            // connection is short of chunks to send.
+            let starved = self.conn.queued_transmit() < DOWNLOAD_SEND_AHEAD
+                && self
+                    .downloads
+                    .front()
+                    .is_some_and(|d| d.reader.is_reading());
             tokio::select! {
+                () = read_front(&mut self.downloads), if starved => {}
                 status = self.driver.drive(&mut self.conn) => match status {
                     Ok(Status::Progress) => {}
                     Ok(Status::Closed) => break "peer closed".to_owned(),
-                    Err(e) => {
-                        // A connection-fatal error left a notice queued for
-                        // the peer; send it before closing, whatever the
-                        // driver made of the error.
-                        let _ = tokio::time::timeout(
-                            FLUSH_TIMEOUT,
-                            self.driver.close(&mut self.conn),
-                        )
-                        .await;
-                        break e.to_string();
-                    }
+                    // A connection-fatal error's notice to the peer was
+                    // flushed by the driver.
+                    Err(e) => break e.to_string(),
                 },
                 () = super::stopped(&mut shutdown) => {
                     let _ = self.driver.close(&mut self.conn).await;
@@ -133,8 +230,8 @@ impl Session {
         // Failures reported by the end of the connection (open transfers).
         self.handle_events().await;
         for (_, upload) in self.uploads.drain() {
-            if let Some(file) = upload.file {
-                file.discard().await;
+            if let Upload::Open(open) = upload {
+                open.file.discard().await;
             }
         }
         info!(transport = self.transport, peer = %self.peer, %reason, "disconnected");
@@ -172,10 +269,10 @@ impl Session {
                         self.reply_stray(&rid, message, 400);
                     }
                 }
-                Event::StreamChunk { rid, data } => self.on_chunk(&rid, &data).await,
+                Event::StreamChunk { rid, data } => self.on_chunk(&rid, data).await,
                 Event::StreamEnded { rid, summary } => {
-                    if let Some(upload) = self.uploads.remove(&rid) {
-                        self.finish_upload(upload, summary).await;
+                    if let Some(Upload::Open(open)) = self.uploads.remove(&rid) {
+                        self.finish_upload(*open, summary).await;
                     }
                 }
                 Event::StreamFailed { rid, error } => self.on_stream_failed(rid, error).await,
@@ -191,16 +288,12 @@ impl Session {
     async fn on_stream_failed(&mut self, rid: String, error: crate::stream::StreamError) {
         let code = crate::Error::from(error.clone()).code();
         match self.uploads.remove(&rid) {
-            Some(Upload {
-                request,
-                file: Some(file),
-                ..
-            }) => {
+            Some(Upload::Open(open)) => {
                 warn!(%rid, %error, "upload failed");
-                file.discard().await;
-                self.reply_error(&request, error.to_string(), code);
+                open.file.discard().await;
+                self.reply_error(&open.request, error.to_string(), code);
             }
-            Some(_) => debug!(%rid, %error, "refused upload's stream failed"),
+            Some(Upload::Answered) => debug!(%rid, %error, "answered upload's stream failed"),
             None if error.is_peer_violation() => self.reply_stray(&rid, error.to_string(), code),
             None => debug!(%rid, %error, "stream failed"),
         }
@@ -217,22 +310,11 @@ impl Session {
         self.reply_error(&part, message, code);
     }
 
-    /// Refuses `request`. A refused `upload` is remembered without a file:
-    /// its parts follow anyway and are dropped quietly, without a second
-    /// answer. (The connection registered the upload's stream, so these
-    /// entries are bounded by its open-stream limit, and each goes when its
-    /// stream ends or fails.)
+    /// Refuses `request`; a refused `upload` is [`Upload::Answered`].
     fn refuse(&mut self, request: Envelope, message: impl Into<String>, code: i32) {
         self.reply_error(&request, message, code);
         if request.command == "upload" {
-            self.uploads.insert(
-                request.id.clone(),
-                Upload {
-                    request,
-                    file: None,
-                    started: Instant::now(),
-                },
-            );
+            self.uploads.insert(request.id, Upload::Answered);
         }
     }
 
@@ -327,43 +409,77 @@ impl Session {
             .await
         {
             Ok(file) => {
-                self.uploads.insert(
-                    envelope.id.clone(),
-                    Upload {
-                        request: envelope,
-                        file: Some(file),
-                        started: Instant::now(),
-                    },
-                );
+                let open = OpenUpload {
+                    request: envelope,
+                    file,
+                    started: Instant::now(),
+                };
+                self.uploads
+                    .insert(open.request.id.clone(), Upload::Open(Box::new(open)));
             }
             Err(e) => self.refuse(envelope, e.to_string(), 400),
         }
     }
 
-    async fn on_chunk(&mut self, rid: &str, data: &[u8]) {
-        let Some(upload) = self.uploads.get_mut(rid) else {
+    /// Queues an upload's chunk for its file. Each upload holds at most
+    /// [`UPLOAD_WRITE_BEHIND`] bytes waiting for the disk, and so do all of
+    /// the connection's uploads together: above it the session waits for
+    /// the disk (on the upload with the most waiting) before it reads on.
+    async fn on_chunk(&mut self, rid: &str, data: Bytes) {
+        let Some(Upload::Open(open)) = self.uploads.get_mut(rid) else {
             return;
         };
-        let Some(file) = upload.file.as_mut() else {
-            return;
-        };
-        if let Err(e) = file.write(data).await {
-            warn!(%rid, error = %e, "upload write failed");
-            let request = upload.request.clone();
-            if let Some(file) = upload.file.take() {
-                file.discard().await;
+        if let Err(e) = open.file.write(data).await {
+            return self.write_failed(rid, e).await;
+        }
+        loop {
+            let mut total = 0;
+            let mut largest: Option<(&String, usize)> = None;
+            for (rid, upload) in &self.uploads {
+                if let Upload::Open(open) = upload {
+                    let backlog = open.file.backlog();
+                    total += backlog;
+                    if largest.is_none_or(|(_, most)| backlog > most) {
+                        largest = Some((rid, backlog));
+                    }
+                }
             }
-            // The entry stays (file gone) so the remaining parts are dropped
-            // and the end gets no second reply.
-            self.reply_error(&request, e.to_string(), 500);
+            let Some((rid, _)) = largest.filter(|_| total >= UPLOAD_WRITE_BEHIND) else {
+                return;
+            };
+            let rid = rid.clone();
+            let Some(Upload::Open(open)) = self.uploads.get_mut(&rid) else {
+                return;
+            };
+            let before = open.file.backlog();
+            match open.file.wait().await {
+                // Every queued chunk has a write in flight ahead of it, so
+                // each wait shrinks the backlog; stop should one not.
+                Ok(()) if open.file.backlog() >= before => return,
+                Ok(()) => {}
+                Err(e) => self.write_failed(&rid, e).await,
+            }
         }
     }
 
-    async fn finish_upload(&mut self, upload: Upload, summary: crate::stream::StreamSummary) {
-        let Some(file) = upload.file else {
-            return;
-        };
-        let elapsed = upload.started.elapsed();
+    /// An upload's file could not be written: answered `error` 500, its
+    /// temporary file removed, the remaining parts dropped and the end
+    /// answered no more.
+    async fn write_failed(&mut self, rid: &str, e: super::store::StoreError) {
+        warn!(%rid, error = %e, "upload write failed");
+        if let Some(Upload::Open(open)) = self.uploads.insert(rid.to_owned(), Upload::Answered) {
+            open.file.discard().await;
+            self.reply_error(&open.request, e.to_string(), 500);
+        }
+    }
+
+    async fn finish_upload(&mut self, upload: OpenUpload, summary: crate::stream::StreamSummary) {
+        let OpenUpload {
+            request,
+            file,
+            started,
+        } = upload;
+        let elapsed = started.elapsed();
         match file.commit(&summary.sha256).await {
             Ok(meta) => {
                 let secs = elapsed.as_secs_f64().max(1e-6);
@@ -380,16 +496,16 @@ impl Session {
                     elapsed_time: i32::try_from(elapsed.as_millis()).unwrap_or(i32::MAX),
                     mbps: (mb / secs) as f32,
                 };
-                if let Err(e) =
-                    self.conn
-                        .reply::<UploadRequest>(&upload.request, &response, Self::now())
+                if let Err(e) = self
+                    .conn
+                    .reply::<UploadRequest>(&request, &response, Self::now())
                 {
                     debug!(error = %e, "could not queue the upload reply");
                 }
             }
             Err(e) => {
                 warn!(error = %e, "upload commit failed");
-                self.reply_error(&upload.request, e.to_string(), 500);
+                self.reply_error(&request, e.to_string(), 500);
             }
         }
     }
@@ -416,6 +532,8 @@ impl Session {
             Ok(found) => found,
             Err(e) => return self.reply_error(&envelope, e.to_string(), 404),
         };
+        let chunk_size = self.shared.connection.stream().chunk_size().get();
+        let reader = ChunkReader::new(file, chunk_size);
         let mut sender = match self.conn.stream_sender(&envelope.id) {
             Ok(sender) => sender,
             Err(e) => return self.reply_error(&envelope, e.to_string(), e.code()),
@@ -436,33 +554,27 @@ impl Session {
         self.downloads.push_back(Download {
             request: envelope,
             meta,
-            file,
+            reader,
             sender,
         });
     }
 
-    /// Queues the next chunks of the current download when the transmit
-    /// queue has run empty.
+    /// Queues the current download's chunks that are ready while the
+    /// transmit queue holds fewer than [`DOWNLOAD_SEND_AHEAD`] envelopes,
+    /// and starts the next reads.
     async fn top_up(&mut self) {
-        let mut queued = 0;
-        while queued < CHUNKS_PER_TOP_UP && !self.conn.has_transmit() {
+        while self.conn.queued_transmit() < DOWNLOAD_SEND_AHEAD {
             let Some(download) = self.downloads.front_mut() else {
                 return;
             };
-            let chunk_size = self.shared.connection.stream().chunk_size().get();
-            let mut buf = BytesMut::with_capacity(chunk_size);
-            let read = loop {
-                match download.file.read_buf(&mut buf).await {
-                    Ok(0) => break Ok(()),
-                    Ok(_) if buf.len() >= chunk_size => break Ok(()),
-                    Ok(_) => {}
-                    Err(e) => break Err(e),
-                }
+            download.reader.read_ahead();
+            let Some(read) = download.reader.next_ready().await else {
+                return;
             };
             let now = Self::now();
             let outcome = match read {
                 Err(e) => Err(e.to_string()),
-                Ok(()) if buf.is_empty() => {
+                Ok(chunk) if chunk.is_empty() => {
                     // End of file: endstream, then the reply.
                     let Some(done) = self.downloads.pop_front() else {
                         return;
@@ -470,11 +582,10 @@ impl Session {
                     self.finish_download(done, now);
                     continue;
                 }
-                Ok(()) => download
-                    .sender
-                    .chunk(buf.freeze())
-                    .map_err(|e| e.to_string())
-                    .and_then(|chunk| self.conn.send(chunk, now).map_err(|e| e.to_string())),
+                Ok(chunk) => self
+                    .conn
+                    .send_chunk(&mut download.sender, chunk, now)
+                    .map_err(|e| e.to_string()),
             };
             if let Err(message) = outcome
                 && let Some(failed) = self.downloads.pop_front()
@@ -482,7 +593,9 @@ impl Session {
                 warn!(id = %failed.meta.id, %message, "download failed");
                 self.reply_error(&failed.request, message, 500);
             }
-            queued += 1;
+        }
+        if let Some(download) = self.downloads.front_mut() {
+            download.reader.read_ahead();
         }
     }
 
@@ -505,6 +618,13 @@ impl Session {
                 chunks = done.sender.chunks_sent(), "download sent"),
             Err(e) => debug!(error = %e, "could not queue the end of a download"),
         }
+    }
+}
+
+/// Waits for the read in flight of the front download (cancel-safe).
+async fn read_front(downloads: &mut VecDeque<Download>) {
+    if let Some(download) = downloads.front_mut() {
+        download.reader.wait().await;
     }
 }
 
@@ -553,6 +673,7 @@ mod tests {
     use std::path::PathBuf;
     use std::time::Duration;
 
+    use bytes::BytesMut;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
     use super::*;
@@ -623,6 +744,22 @@ mod tests {
         seen
     }
 
+    /// Sends a ping with `seq` and asserts that the next envelope to
+    /// arrive is its pong: nothing else was queued before it.
+    async fn assert_pong_comes_next(peer: &mut DuplexStream, seq: i32) {
+        let mut ping = pack(&PingRequest {});
+        ping.id = "last".into();
+        ping.seq = seq;
+        let mut frame = BytesMut::new();
+        encode_frame(&ping, usize::MAX, &mut frame).unwrap();
+        peer.write_all(&frame).await.unwrap();
+        let next = read(peer, 1).await;
+        assert_eq!(
+            (next[0].command.as_str(), next[0].rid.as_str()),
+            ("pong", "last")
+        );
+    }
+
     fn part(rid: &str, mut envelope: Envelope) -> Envelope {
         envelope.rid = rid.to_owned();
         envelope
@@ -630,9 +767,9 @@ mod tests {
 
     #[tokio::test]
     async fn undecodable_envelope_is_explained_before_the_close() {
-        // The driver flushes only errors it classifies as connection-fatal;
-        // an undecodable envelope ends the connection too and must not
-        // close it without a word.
+        // The driver flushes the notice of a connection-fatal error (the
+        // session does not flush again); an undecodable envelope ends the
+        // connection and must not close it without a word.
         let (mut peer, _stop, root) = start("undecodable");
         peer.write_all(&[4, 0, 0, 0, 0x0f, 0xff, 0xff, 0xff])
             .await
@@ -673,17 +810,72 @@ mod tests {
             summary,
             [("error", "nosuch"), ("error", "other"), ("pong", "e3")]
         );
-        let mut ping = pack(&PingRequest {});
-        ping.id = "last".into();
-        ping.seq = 4;
-        let mut frame = BytesMut::new();
-        encode_frame(&ping, usize::MAX, &mut frame).unwrap();
-        peer.write_all(&frame).await.unwrap();
-        let next = read(&mut peer, 1).await;
-        assert_eq!(
-            (next[0].command.as_str(), next[0].rid.as_str()),
-            ("pong", "last")
+        // Nothing else was queued: the next ping's pong comes next.
+        assert_pong_comes_next(&mut peer, 4).await;
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn upload_checksum_is_checked_when_announced_and_optional() {
+        // A wrong checksum fails the upload and stores nothing; an empty
+        // one (the Node package's default) stores what arrived.
+        let (mut peer, _stop, root) = start("checksum");
+        let content = Bytes::from(vec![5u8; 1000]);
+        let mut signin = pack(&SigninRequest {
+            username: "dev".into(),
+            password: "pw".into(),
+            ..Default::default()
+        });
+        signin.id = "s".into();
+        let upload = |id: &str, filename: &str| {
+            let mut envelope = pack(&UploadRequest {
+                filename: filename.into(),
+                ..Default::default()
+            });
+            envelope.id = id.into();
+            envelope
+        };
+        let begin = |checksum: String| {
+            pack(&BeginStream {
+                checksum,
+                stat: None,
+            })
+        };
+        let chunk = pack(&Stream {
+            data: content.clone(),
+        });
+        let input = wire(vec![
+            signin,
+            upload("bad", "bad.bin"),
+            part("bad", begin("0".repeat(64))),
+            part("bad", chunk.clone()),
+            part("bad", pack(&crate::proto::EndStream {})),
+            upload("none", "none.bin"),
+            part("none", begin(String::new())),
+            part("none", chunk),
+            part("none", pack(&crate::proto::EndStream {})),
+        ]);
+        peer.write_all(&input).await.unwrap();
+        let seen = read(&mut peer, 3).await;
+        let by_rid = |rid: &str| seen.iter().find(|e| e.rid == rid).unwrap();
+        let strict = crate::command::Validation::Strict;
+        let refused = crate::envelope::unpack::<ErrorResponse>(by_rid("bad"), strict).unwrap();
+        assert!(refused.message.contains("checksum mismatch"), "{refused:?}");
+        let stored = crate::envelope::unpack::<UploadResponse>(by_rid("none"), strict).unwrap();
+        assert_eq!(stored.bytes, 1000);
+        let files = std::fs::read_dir(root.join("files"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<Vec<_>>();
+        assert_eq!(files, std::slice::from_ref(&stored.id));
+        let dir = root.join("files").join(&stored.id);
+        assert_eq!(std::fs::read(dir.join("content")).unwrap(), content);
+        let meta = std::fs::read_to_string(dir.join("meta.json")).unwrap();
+        assert!(
+            meta.contains(&crate::stream::sha256_hex(&content)),
+            "{meta}"
         );
+        assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
         std::fs::remove_dir_all(root).unwrap();
     }
 
@@ -721,18 +913,7 @@ mod tests {
             crate::envelope::unpack::<ErrorResponse>(error, crate::command::Validation::Strict)
                 .unwrap();
         assert_eq!(error.code, 401);
-        // Nothing else was queued: the next ping's pong comes next.
-        let mut ping = pack(&PingRequest {});
-        ping.id = "last".into();
-        ping.seq = 5;
-        let mut frame = BytesMut::new();
-        encode_frame(&ping, usize::MAX, &mut frame).unwrap();
-        peer.write_all(&frame).await.unwrap();
-        let next = read(&mut peer, 1).await;
-        assert_eq!(
-            (next[0].command.as_str(), next[0].rid.as_str()),
-            ("pong", "last")
-        );
+        assert_pong_comes_next(&mut peer, 5).await;
         assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
         std::fs::remove_dir_all(root).unwrap();
     }

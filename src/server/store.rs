@@ -12,7 +12,7 @@
 //! | upload event      | store                                              |
 //! |-------------------|----------------------------------------------------|
 //! | `upload` request  | [`FileStore::begin_upload`]: `tmp/<random>/` created |
-//! | each chunk        | [`PendingUpload::write`] appends                    |
+//! | each chunk        | [`PendingUpload::write`] appends (written behind on the blocking pool) |
 //! | `endstream`, checksum ok | [`PendingUpload::commit`]: sync, meta written, directory renamed to `files/<id>` |
 //! | failure, disconnect | [`PendingUpload::discard`] (or drop) removes `tmp/<random>/` |
 //! | crash (SIGKILL, power loss), then restart | [`FileStore::open`]: `tmp/` emptied, incomplete `files/<id>/` removed |
@@ -34,12 +34,25 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
+use tokio::task::JoinHandle;
 
 use super::auth::random_bytes;
 
 /// Longest filename accepted, in bytes (the common file system limit).
 pub const MAX_FILENAME_LEN: usize = 255;
+
+/// Received bytes of one upload that may wait for the disk:
+/// [`PendingUpload::write`] returns at once below this backlog and waits
+/// for the disk above it, so the session stops reading its connection until
+/// the disk catches up.
+pub const UPLOAD_WRITE_BEHIND: usize = 4 * 1024 * 1024;
+
+/// An upload asks the disk to write back what it has every this many bytes
+/// (`fdatasync` in the background), so the sync in
+/// [`PendingUpload::commit`] has little left.
+pub const UPLOAD_SYNC_EVERY: u64 = 32 * 1024 * 1024;
 
 /// Why the store refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -240,7 +253,7 @@ impl FileStore {
         tokio::fs::create_dir(&dir).await.map_err(io_at(&dir))?;
         let path = dir.join("content");
         let file = match tokio::fs::File::create(&path).await {
-            Ok(file) => file,
+            Ok(file) => file.into_std().await,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(StoreError::Io { path, source: e });
@@ -249,9 +262,15 @@ impl FileStore {
         Ok(PendingUpload {
             dir: Some(dir),
             file: Some(file),
+            queued: Vec::new(),
+            queued_bytes: 0,
+            writing: None,
+            syncing: None,
             filename,
             mimetype,
             bytes: 0,
+            written: 0,
+            synced: 0,
             files: self.files.clone(),
         })
     }
@@ -306,32 +325,67 @@ impl FileStore {
         best.map(|(_, meta)| meta).ok_or_else(not_found)
     }
 
-    /// Opens the content of file `id` for reading.
+    /// Opens the content of file `id` for reading (a `std` file: the
+    /// session reads it in chunks on the blocking pool, straight into each
+    /// chunk's own buffer).
     ///
     /// # Errors
     ///
     /// [`StoreError::NotFound`], or the file system failed.
-    pub async fn open_content(&self, id: &str) -> Result<tokio::fs::File, StoreError> {
+    pub async fn open_content(&self, id: &str) -> Result<std::fs::File, StoreError> {
         if !is_file_id(id) {
             return Err(StoreError::NotFound {
                 id: id.chars().take(100).collect(),
             });
         }
         let path = self.files.join(id).join("content");
-        tokio::fs::File::open(&path).await.map_err(io_at(&path))
+        let file = tokio::fs::File::open(&path).await.map_err(io_at(&path))?;
+        Ok(file.into_std().await)
     }
 }
 
+/// A write of queued chunks on the blocking pool; it hands the file back.
+type PendingWrite = JoinHandle<(std::fs::File, io::Result<()>)>;
+
 /// An upload being written. Dropping it without
 /// [`commit`](Self::commit) removes its temporary directory.
-#[derive(Debug)]
+///
+/// Chunks are written behind: [`write`](Self::write) queues the chunk's
+/// own bytes (no copy) and one write of everything queued runs at a time
+/// on the blocking pool, with `std::fs` (tokio's file would copy every
+/// chunk into a buffer of its own). At most [`UPLOAD_WRITE_BEHIND`] bytes
+/// wait for the disk; every [`UPLOAD_SYNC_EVERY`] bytes a background
+/// `fdatasync` starts.
 pub struct PendingUpload {
     dir: Option<PathBuf>,
-    file: Option<tokio::fs::File>,
+    /// The content file, while no write is in flight.
+    file: Option<std::fs::File>,
+    queued: Vec<Bytes>,
+    queued_bytes: usize,
+    /// The write in flight and its size.
+    writing: Option<(usize, PendingWrite)>,
+    syncing: Option<JoinHandle<io::Result<()>>>,
     filename: String,
     mimetype: String,
+    /// Bytes received ([`write`](Self::write) calls).
     bytes: u64,
+    /// Bytes on their way to the disk (writes finished).
+    written: u64,
+    /// `written` when the last background write-back started.
+    synced: u64,
     files: PathBuf,
+}
+
+impl std::fmt::Debug for PendingUpload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingUpload")
+            .field("dir", &self.dir)
+            .field("filename", &self.filename)
+            .field("mimetype", &self.mimetype)
+            .field("bytes", &self.bytes)
+            .field("backlog", &self.backlog())
+            .finish_non_exhaustive()
+    }
 }
 
 impl PendingUpload {
@@ -340,9 +394,14 @@ impl PendingUpload {
         &self.filename
     }
 
-    /// Bytes written so far.
+    /// Bytes received so far (some may still wait for the disk).
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Bytes received and not yet written.
+    pub fn backlog(&self) -> usize {
+        self.queued_bytes + self.writing.as_ref().map_or(0, |(bytes, _)| *bytes)
     }
 
     /// The temporary directory (for tests and logs).
@@ -350,19 +409,82 @@ impl PendingUpload {
         self.dir.as_deref()
     }
 
-    /// Appends one chunk.
+    /// Appends one chunk: queues it for the disk and returns, unless more
+    /// than [`UPLOAD_WRITE_BEHIND`] bytes are waiting, then waits until
+    /// the disk caught up below that.
+    ///
+    /// # Errors
+    ///
+    /// The file system failed (this chunk's write or an earlier one).
+    pub async fn write(&mut self, data: Bytes) -> Result<(), StoreError> {
+        if self.dir.is_none() {
+            return Ok(());
+        }
+        if self.writing.as_ref().is_some_and(|(_, w)| w.is_finished()) {
+            self.wait().await?;
+        }
+        self.bytes = self
+            .bytes
+            .saturating_add(u64::try_from(data.len()).unwrap_or(u64::MAX));
+        self.queued_bytes += data.len();
+        self.queued.push(data);
+        self.start();
+        while self.backlog() >= UPLOAD_WRITE_BEHIND {
+            self.wait().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts writing what is queued unless a write is in flight, and a
+    /// background write-back when enough was written since the last one.
+    fn start(&mut self) {
+        if self.writing.is_some() || self.queued.is_empty() {
+            return;
+        }
+        let Some(mut file) = self.file.take() else {
+            return;
+        };
+        if self.syncing.as_ref().is_none_or(JoinHandle::is_finished)
+            && self.written - self.synced >= UPLOAD_SYNC_EVERY
+            && let Ok(clone) = file.try_clone()
+        {
+            // A failed write-back shows again in the sync of commit.
+            self.synced = self.written;
+            self.syncing = Some(tokio::task::spawn_blocking(move || clone.sync_data()));
+        }
+        let chunks = std::mem::take(&mut self.queued);
+        let bytes = std::mem::take(&mut self.queued_bytes);
+        let handle = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let written = chunks.iter().try_for_each(|chunk| file.write_all(chunk));
+            (file, written)
+        });
+        self.writing = Some((bytes, handle));
+    }
+
+    /// Waits for the write in flight, if any (cancel-safe: a dropped wait
+    /// leaves it in flight), and starts writing what was queued meanwhile.
+    /// For a caller that bounds the backlog of several uploads together.
     ///
     /// # Errors
     ///
     /// The file system failed.
-    pub async fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
-        let (Some(file), Some(dir)) = (self.file.as_mut(), self.dir.as_ref()) else {
+    pub async fn wait(&mut self) -> Result<(), StoreError> {
+        let Some((bytes, writing)) = &mut self.writing else {
             return Ok(());
         };
-        file.write_all(data).await.map_err(io_at(dir))?;
-        self.bytes = self
-            .bytes
-            .saturating_add(u64::try_from(data.len()).unwrap_or(u64::MAX));
+        let bytes = *bytes;
+        let joined = writing.await;
+        self.writing = None;
+        let dir = self.dir.clone().unwrap_or_else(|| self.files.clone());
+        let (file, written) = joined.map_err(|e| StoreError::Io {
+            path: dir.clone(),
+            source: io::Error::other(e),
+        })?;
+        self.file = Some(file);
+        written.map_err(io_at(&dir))?;
+        self.written += bytes as u64;
+        self.start();
         Ok(())
     }
 
@@ -387,9 +509,18 @@ impl PendingUpload {
                 source: io::Error::other("upload already finished"),
             });
         };
-        if let Some(mut file) = self.file.take() {
-            file.flush().await.map_err(io_at(&dir))?;
-            file.sync_all().await.map_err(io_at(&dir))?;
+        while self.writing.is_some() {
+            self.wait().await?;
+        }
+        if let Some(syncing) = self.syncing.take() {
+            // Only a head start for the sync below, which reports errors.
+            let _ = syncing.await;
+        }
+        if let Some(file) = self.file.take() {
+            tokio::task::spawn_blocking(move || file.sync_all())
+                .await
+                .unwrap_or_else(|join| Err(io::Error::other(join)))
+                .map_err(io_at(&dir))?;
         }
         let id = random_hex(12).map_err(io_at(&dir))?;
         let meta = FileMeta {
@@ -431,8 +562,13 @@ impl PendingUpload {
         Ok(meta)
     }
 
-    /// Abandons the upload and removes what was written.
+    /// Abandons the upload and removes what was written (after the write
+    /// in flight, if any, returned).
     pub async fn discard(mut self) {
+        if let Some((_, writing)) = self.writing.take() {
+            let _ = writing.await;
+        }
+        self.queued.clear();
         self.file = None;
         if let Some(dir) = self.dir.take() {
             let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -440,6 +576,7 @@ impl PendingUpload {
     }
 
     fn remove_temp(&mut self) {
+        self.queued.clear();
         self.file = None;
         if let Some(dir) = self.dir.take() {
             let _ = std::fs::remove_dir_all(&dir);
@@ -515,8 +652,8 @@ mod tests {
         let store = FileStore::open(&root).unwrap();
         let mut upload = store.begin_upload("dir/hello.txt", "").await.unwrap();
         let temp = upload.temp_dir().unwrap().to_owned();
-        upload.write(b"hello ").await.unwrap();
-        upload.write(b"world").await.unwrap();
+        upload.write(Bytes::from_static(b"hello ")).await.unwrap();
+        upload.write(Bytes::from_static(b"world")).await.unwrap();
         let meta = upload.commit("ab").await.unwrap();
         assert!(!temp.exists());
         assert_eq!(meta.bytes, 11);
@@ -528,12 +665,53 @@ mod tests {
         std::fs::remove_dir_all(root).unwrap();
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn written_behind_content_is_complete_and_the_backlog_bounded() {
+        // Past a background write-back, in chunks of the default size.
+        let root = temp_root("behind");
+        let store = FileStore::open(&root).unwrap();
+        let mut upload = store.begin_upload("big.bin", "").await.unwrap();
+        let total = usize::try_from(UPLOAD_SYNC_EVERY).unwrap() + 3 * UPLOAD_WRITE_BEHIND + 17;
+        let content: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+        let content = Bytes::from(content);
+        let mut at = 0;
+        while at < total {
+            let end = total.min(at + 256 * 1024);
+            upload.write(content.slice(at..end)).await.unwrap();
+            assert!(
+                upload.backlog() < UPLOAD_WRITE_BEHIND,
+                "{}",
+                upload.backlog()
+            );
+            at = end;
+        }
+        assert_eq!(upload.bytes(), total as u64);
+        let meta = upload.commit("00").await.unwrap();
+        assert_eq!(meta.bytes, total as u64);
+        let stored = std::fs::read(root.join("files").join(&meta.id).join("content")).unwrap();
+        assert!(stored == content, "stored content differs");
+        assert!(names(&root.join("tmp")).is_empty());
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn discarded_upload_leaves_nothing_after_its_write() {
+        let root = temp_root("discard");
+        let store = FileStore::open(&root).unwrap();
+        let mut upload = store.begin_upload("a.bin", "").await.unwrap();
+        upload.write(Bytes::from(vec![9; 1 << 20])).await.unwrap();
+        upload.discard().await;
+        assert!(names(&root.join("tmp")).is_empty());
+        assert!(names(&root.join("files")).is_empty());
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
     #[tokio::test]
     async fn dropped_upload_leaves_nothing() {
         let root = temp_root("drop");
         let store = FileStore::open(&root).unwrap();
         let mut upload = store.begin_upload("a.bin", "").await.unwrap();
-        upload.write(&[1, 2, 3]).await.unwrap();
+        upload.write(Bytes::from_static(&[1, 2, 3])).await.unwrap();
         drop(upload);
         assert_eq!(std::fs::read_dir(root.join("tmp")).unwrap().count(), 0);
         assert_eq!(std::fs::read_dir(root.join("files")).unwrap().count(), 0);
@@ -554,12 +732,14 @@ mod tests {
         let root = temp_root("crash");
         let store = FileStore::open(&root).unwrap();
         let mut done = store.begin_upload("done.bin", "").await.unwrap();
-        done.write(b"complete content").await.unwrap();
+        done.write(Bytes::from_static(b"complete content"))
+            .await
+            .unwrap();
         let kept = done.commit("00ff").await.unwrap();
         // An upload in the middle of its chunks when the process was
         // killed: no drop, no discard ran.
         let mut partial = store.begin_upload("partial.bin", "").await.unwrap();
-        partial.write(&[7; 4096]).await.unwrap();
+        partial.write(Bytes::from(vec![7; 4096])).await.unwrap();
         let partial_content = partial.temp_dir().unwrap().join("content");
         std::mem::forget(partial);
         // One killed after writing its metadata, before the rename.
