@@ -52,7 +52,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Wake, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -499,6 +499,56 @@ impl AsyncWrite for Tracked {
     }
 }
 
+/// A waker handed to h2 on the client side. It forwards to the task's
+/// waker, except while `quiet`: wakes that our own calls cause (h2 waking
+/// its connection after `send_data`, a DATA frame read by our own
+/// connection poll waking the stream) are dropped there, because the same
+/// call goes on to look at what they signal (it polls the connection after
+/// sending, the stream after polling the connection). That saves the task
+/// a useless extra poll per message.
+#[derive(Debug, Default)]
+struct QuietWaker {
+    task: std::sync::Mutex<Option<Waker>>,
+    quiet: AtomicBool,
+}
+
+impl QuietWaker {
+    /// Makes `waker` the one woken.
+    fn register(&self, waker: &Waker) {
+        let mut task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !task.as_ref().is_some_and(|task| task.will_wake(waker)) {
+            *task = Some(waker.clone());
+        }
+    }
+
+    fn set_quiet(&self, quiet: bool) {
+        self.quiet.store(quiet, Ordering::Relaxed);
+    }
+}
+
+impl Wake for QuietWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.quiet.load(Ordering::Relaxed) {
+            return;
+        }
+        let task = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(task) = task {
+            task.wake();
+        }
+    }
+}
+
 /// The client's HTTP/2 connection, polled from the stream's own methods.
 struct ClientConnection {
     connection: h2::client::Connection<Tracked, Bytes>,
@@ -511,6 +561,13 @@ struct ClientConnection {
     done: bool,
     /// How it failed, if it did.
     error: Option<GrpcStatus>,
+    /// What the connection's IO wakes; quiet while we hand h2 data (a
+    /// connection poll always follows).
+    conn_waker: Arc<QuietWaker>,
+    conn_handle: Waker,
+    /// What the stream's incoming half wakes; quiet during the connection
+    /// poll at the start of `poll_recv` (the stream is polled next).
+    recv_waker: Arc<QuietWaker>,
 }
 
 impl ClientConnection {
@@ -519,7 +576,9 @@ impl ClientConnection {
         if self.done {
             return;
         }
-        if let Poll::Ready(result) = Pin::new(&mut self.connection).poll(cx) {
+        self.conn_waker.register(cx.waker());
+        let mut cx = Context::from_waker(&self.conn_handle);
+        if let Poll::Ready(result) = Pin::new(&mut self.connection).poll(&mut cx) {
             self.done = true;
             if let Err(e) = result {
                 self.error = Some(GrpcStatus::from_h2(&e));
@@ -555,6 +614,9 @@ pub struct GrpcStream {
     /// Client side: the HTTP/2 connection, driven from this stream's own
     /// poll methods. Server side: `None` (its connection task drives it).
     client: Option<Box<ClientConnection>>,
+    /// Client side: the waker the incoming half registers with h2 (a
+    /// [`QuietWaker`]); server side `None` (the task's own).
+    recv_handle: Option<Waker>,
     send: SendStream<Bytes>,
     /// The unsent rest of the message being sent.
     out: Bytes,
@@ -632,6 +694,8 @@ impl GrpcStream {
         let (response, send) = requests
             .send_request(request, false)
             .map_err(|e| unavailable(&e))?;
+        let conn_waker = Arc::new(QuietWaker::default());
+        let recv_waker = Arc::new(QuietWaker::default());
         Ok(Self {
             client: Some(Box::new(ClientConnection {
                 connection,
@@ -639,7 +703,11 @@ impl GrpcStream {
                 flushed,
                 done: false,
                 error: None,
+                conn_handle: Waker::from(Arc::clone(&conn_waker)),
+                conn_waker,
+                recv_waker: Arc::clone(&recv_waker),
             })),
+            recv_handle: Some(Waker::from(recv_waker)),
             send,
             out: Bytes::new(),
             send_closed: false,
@@ -653,6 +721,7 @@ impl GrpcStream {
     fn accepted(body: RecvStream, send: SendStream<Bytes>, max: usize) -> Self {
         Self {
             client: None,
+            recv_handle: None,
             send,
             out: Bytes::new(),
             send_closed: false,
@@ -677,10 +746,12 @@ impl GrpcStream {
 
     /// Hands `conn`'s envelopes to h2 within the send capacity it grants.
     /// Ready once all are handed over.
+    /// Sets `handed` when it called into h2's send side.
     fn poll_hand_over(
         &mut self,
         cx: &mut Context<'_>,
         conn: &mut Connection,
+        handed: &mut bool,
     ) -> Poll<Result<(), TransportError>> {
         loop {
             if self.out.is_empty() {
@@ -694,7 +765,10 @@ impl GrpcStream {
                     return Poll::Ready(Ok(()));
                 };
                 self.out = encode_message(&envelope, self.max)?;
+                *handed = true;
+                self.quiet_sends(true);
                 self.send.reserve_capacity(self.out.len());
+                self.quiet_sends(false);
             }
             let mut capacity = self.send.capacity();
             while capacity == 0 {
@@ -709,7 +783,19 @@ impl GrpcStream {
             } else {
                 self.out.split_to(capacity)
             };
-            self.send.send_data(data, false)?;
+            *handed = true;
+            self.quiet_sends(true);
+            let sent = self.send.send_data(data, false);
+            self.quiet_sends(false);
+            sent?;
+        }
+    }
+
+    /// Client: h2 wakes its connection when handed data; the caller polls
+    /// the connection next, so that wake is dropped.
+    fn quiet_sends(&self, quiet: bool) {
+        if let Some(client) = &self.client {
+            client.conn_waker.set_quiet(quiet);
         }
     }
 
@@ -859,10 +945,21 @@ impl Transport for GrpcStream {
         conn: &mut Connection,
         now: Instant,
     ) -> Poll<Result<Recv, TransportError>> {
-        if let Some(client) = &mut self.client {
+        let result = if let Some(client) = &mut self.client {
+            // A DATA frame this poll reads wakes the stream: dropped, the
+            // stream is polled next.
+            client.recv_waker.register(cx.waker());
+            client.recv_waker.set_quiet(true);
             client.poll(cx);
-        }
-        let result = self.poll_incoming(cx, conn, now);
+            client.recv_waker.set_quiet(false);
+            let recv_handle = self
+                .recv_handle
+                .clone()
+                .unwrap_or_else(|| cx.waker().clone());
+            self.poll_incoming(&mut Context::from_waker(&recv_handle), conn, now)
+        } else {
+            self.poll_incoming(cx, conn, now)
+        };
         match result {
             Poll::Ready(Err(TransportError::Grpc(ref status))) => {
                 // Server side: the client learns why (a message over the
@@ -887,11 +984,16 @@ impl Transport for GrpcStream {
         conn: &mut Connection,
     ) -> Poll<Result<(), TransportError>> {
         loop {
-            let handed = self.poll_hand_over(cx, conn);
+            let mut sent = false;
+            let handed = self.poll_hand_over(cx, conn, &mut sent);
             let Some(client) = &mut self.client else {
                 return handed;
             };
-            client.poll(cx);
+            // Nothing new and all written: no need to run the connection
+            // (poll_recv does, for reading).
+            if sent || handed.is_pending() || !client.is_flushed() {
+                client.poll(cx);
+            }
             match handed {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) if client.is_flushed() => return Poll::Ready(Ok(())),
@@ -916,7 +1018,10 @@ impl Transport for GrpcStream {
             // nothing left to close.
             self.send_closed = true;
             let rest = std::mem::take(&mut self.out);
-            if self.send.send_data(rest, true).is_err() {
+            self.quiet_sends(true);
+            let sent = self.send.send_data(rest, true);
+            self.quiet_sends(false);
+            if sent.is_err() {
                 return Poll::Ready(Ok(()));
             }
         }
