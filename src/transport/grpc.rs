@@ -1218,7 +1218,8 @@ async fn serve_connection(
         () = stopped(&mut stop) => return,
     };
     // Calls accepted by HTTP/2 while the accept queue is full; at most
-    // MAX_CALLS_PER_CONNECTION, as each is an open stream.
+    // MAX_CALLS_PER_CONNECTION (live ones count against the HTTP/2 stream
+    // limit; ones the client reset do not, so the cap is kept here too).
     let mut waiting: VecDeque<GrpcStream> = VecDeque::new();
     let mut stopping = false;
     loop {
@@ -1242,8 +1243,17 @@ async fn serve_connection(
             },
             call = connection.accept() => match call {
                 Some(Ok((request, respond))) => {
-                    if let Some(call) = answer(request, respond, max_message_size) {
-                        waiting.push_back(call);
+                    if let Some(mut call) = answer(request, respond, max_message_size) {
+                        if waiting.len() < MAX_CALLS_PER_CONNECTION as usize {
+                            waiting.push_back(call);
+                        } else {
+                            // Only calls the client already reset can push
+                            // the count past the HTTP/2 stream limit.
+                            call.finish(&GrpcStatus::new(
+                                GrpcCode::ResourceExhausted,
+                                "too many calls on this connection wait to be accepted",
+                            ));
+                        }
                     }
                 }
                 Some(Err(e)) => {
@@ -1696,6 +1706,52 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[tokio::test]
+    async fn calls_waiting_on_a_full_accept_queue_are_capped() {
+        // Nobody accepts: fill the accept queue with one call per connection.
+        let server = server().await;
+        let addr = server.local_addr();
+        let mut queued = Vec::new();
+        for _ in 0..ACCEPT_QUEUE {
+            queued.push(raw_call(addr, SETUP_STREAM_PATH).await);
+        }
+        while server.calls.lock().await.len() < ACCEPT_QUEUE {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // One more connection: its calls wait in its own task.
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (requests, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let call = |requests: h2::client::SendRequest<Bytes>| async move {
+            let mut requests = requests.ready().await.unwrap();
+            let request = Request::builder()
+                .method(Method::POST)
+                .uri(format!("http://{addr}{SETUP_STREAM_PATH}"))
+                .header(header::CONTENT_TYPE, GRPC_CONTENT_TYPE)
+                .body(())
+                .unwrap();
+            requests.send_request(request, false).unwrap()
+        };
+        let mut waiting = Vec::new();
+        for _ in 0..MAX_CALLS_PER_CONNECTION {
+            waiting.push(call(requests.clone()).await);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // A reset call frees an HTTP/2 stream but still waits.
+        let (_, mut reset) = waiting.pop().unwrap();
+        reset.send_reset(h2::Reason::CANCEL);
+        drop(reset);
+        let (response, _send) = call(requests.clone()).await;
+        let status = tokio::time::timeout(Duration::from_secs(10), raw_status(response))
+            .await
+            .expect("the extra call was answered");
+        assert_eq!(status.code(), GrpcCode::ResourceExhausted, "{status:?}");
+        // The queued calls are still there to be accepted.
+        assert_eq!(server.calls.lock().await.len(), ACCEPT_QUEUE);
     }
 
     #[tokio::test]
