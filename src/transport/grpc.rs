@@ -1222,9 +1222,12 @@ async fn serve_connection(
     // limit; ones the client reset do not, so the cap is kept here too).
     let mut waiting: VecDeque<GrpcStream> = VecDeque::new();
     let mut stopping = false;
+    // One future for the whole loop: a new one per wake-up would register
+    // with the watch channel each time.
+    let mut stop = std::pin::pin!(stopped(&mut stop));
     loop {
         tokio::select! {
-            () = stopped(&mut stop), if !stopping => {
+            () = &mut stop, if !stopping => {
                 stopping = true;
                 connection.graceful_shutdown();
             }
