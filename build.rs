@@ -1,9 +1,8 @@
 //! Compiles `proto/*.proto` with the pure-Rust `protox` compiler (no system
 //! `protoc`) and generates prost types with `bytes::Bytes` for every `bytes`
 //! field, our own `google.protobuf.Any` (so `Any.value` is `Bytes` too), and
-//! `prost::Name` impls so type URLs are never typed by hand. With the
-//! `transport-grpc` feature it also generates the tonic client and server
-//! of `openiap.FlowService/SetupStream` over those same types.
+//! `prost::Name` impls so type URLs are never typed by hand. (gRPC needs no
+//! generated service: `src/transport/grpc.rs` frames the one rpc itself.)
 
 use std::{env, fs, path::PathBuf};
 
@@ -37,33 +36,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .type_name_domain(["."], "type.googleapis.com")
         .compile_fds(fds)?;
 
-    #[cfg(feature = "transport-grpc")]
-    grpc();
     Ok(())
-}
-
-/// The one rpc the protocol uses: `SetupStream(stream Envelope) returns
-/// (stream Envelope)`. The unary FlowService rpcs are never called by the
-/// reference peers (every command travels as an Envelope), so only this
-/// method is generated, over `crate::proto::Envelope`, into
-/// `OUT_DIR/openiap.FlowService.rs`.
-#[cfg(feature = "transport-grpc")]
-fn grpc() {
-    let setup_stream = tonic_build::manual::Method::builder()
-        .name("setup_stream")
-        .route_name("SetupStream")
-        .input_type("crate::proto::Envelope")
-        .output_type("crate::proto::Envelope")
-        .codec_path("tonic_prost::ProstCodec")
-        .client_streaming()
-        .server_streaming()
-        .build();
-    let service = tonic_build::manual::Service::builder()
-        .name("FlowService")
-        .package("openiap")
-        .method(setup_stream)
-        .build();
-    tonic_build::manual::Builder::new()
-        .build_transport(true)
-        .compile(&[service]);
 }

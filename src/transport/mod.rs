@@ -33,8 +33,8 @@
 //!
 //! gRPC frames its own messages: [`GrpcStream`] hands
 //! whole envelopes to [`Connection::handle_envelope`] and takes them from
-//! [`Connection::poll_envelope`], with tonic's message limits set to the
-//! max frame length.
+//! [`Connection::poll_envelope`], gRPC-framed over h2 with the message
+//! limit set to the max frame length.
 //!
 //! Memory per connection is bounded by the connection's own limits plus one
 //! outgoing batch ([`TRANSMIT_BATCH`](crate::connection::TRANSMIT_BATCH)
@@ -64,7 +64,7 @@ use std::time::{Duration, Instant};
 pub use self::connect::connect;
 pub use self::driver::{Driver, RECV_PAUSE_QUEUE, Status};
 #[cfg(feature = "transport-grpc")]
-pub use self::grpc::GrpcStream;
+pub use self::grpc::{GrpcCode, GrpcStatus, GrpcStream};
 pub use self::listen::{Accepted, Incoming, Listener};
 pub use self::stream::{ByteStream, LARGE_FRAME, RESERVE_FLOOR, SPLIT_PAYLOAD};
 pub use self::url::{
@@ -95,11 +95,13 @@ pub enum TransportError {
     #[cfg(feature = "transport-ws")]
     #[error("websocket: {0}")]
     WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
-    /// The gRPC call failed: refused, reset, or a message over the size
-    /// limit (tonic's status says which).
+    /// The gRPC call failed: refused, reset, a broken or compressed
+    /// message, a message over the size limit, or the peer ended it with a
+    /// non-zero `grpc-status` (the [`GrpcStatus`] code
+    /// and message say which).
     #[cfg(feature = "transport-grpc")]
     #[error("grpc: {0}")]
-    Grpc(#[from] tonic::Status),
+    Grpc(#[from] GrpcStatus),
     /// The peer sent a text WebSocket message; the protocol is binary.
     #[error("websocket text message of {len} bytes; only binary messages carry envelopes")]
     TextMessage {
