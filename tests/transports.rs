@@ -495,7 +495,7 @@ async fn grpc_message_over_the_max_frame_length_is_refused() {
     .await;
     let mut client = signed_in(grpc(&server)).await;
     // The client's own limit is the default (8 MiB), so the envelope
-    // leaves; the server's tonic decoder refuses it.
+    // leaves; the server's gRPC deframer refuses it.
     let envelope = Envelope {
         command: "ping".into(),
         data: Some(openiap_wire::proto::google::protobuf::Any {
@@ -565,7 +565,11 @@ async fn grpc_connect_to_a_closed_port_is_a_typed_error() {
     let url = format!("grpc://127.0.0.1:{port}");
     match Client::connect(&url).await {
         Err(ClientError::Transport(openiap_wire::transport::TransportError::Grpc(status))) => {
-            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            assert_eq!(
+                status.code(),
+                openiap_wire::transport::GrpcCode::Unavailable,
+                "{status:?}"
+            );
         }
         other => panic!("{other:?}"),
     }
