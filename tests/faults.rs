@@ -15,6 +15,8 @@
 
 #![cfg(all(feature = "bins", unix))]
 
+mod support;
+
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -252,16 +254,7 @@ fn args(list: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
 /// Deterministic content (xorshift32) of `len` bytes, written to `path`;
 /// returns its SHA-256.
 fn write_content(path: &Path, len: u64, seed: u32) -> [u8; 32] {
-    let len = usize::try_from(len).unwrap();
-    let mut x = seed | 1;
-    let mut data = Vec::with_capacity(len + 4);
-    while data.len() < len {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        data.extend_from_slice(&x.to_le_bytes());
-    }
-    data.truncate(len);
+    let data = support::xorshift32_bytes(usize::try_from(len).unwrap(), seed | 1);
     std::fs::write(path, &data).unwrap();
     sha256(&data)
 }

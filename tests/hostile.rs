@@ -21,6 +21,8 @@
 
 #![cfg(all(feature = "server", feature = "client", feature = "transport-tcp"))]
 
+mod support;
+
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -180,16 +182,7 @@ fn listing(root: &Path) -> Vec<String> {
 
 /// Deterministic bytes (xorshift32), so every run sends the same input.
 fn noise(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 4);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    support::xorshift32_bytes(len, seed | 1)
 }
 
 // ----- the well-behaved client -------------------------------------------
