@@ -52,6 +52,7 @@ use std::time::{Duration, Instant};
 use openiap_wire::client::bench::{self, Measurement};
 use openiap_wire::client::{Client, ClientError};
 use openiap_wire::server::DEV_USERNAME;
+use openiap_wire::transport::Endpoint;
 
 const SERVER_BIN: &str = env!("CARGO_BIN_EXE_openiap-server");
 const INTEROP_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop");
@@ -157,6 +158,9 @@ struct ServerProc {
     child: Child,
     urls: BTreeMap<String, String>,
     password: String,
+    /// The pipe listener's Unix socket, removed on drop: the server removes
+    /// it on SIGTERM, but not when `stop` has to fall back to SIGKILL.
+    pipe_path: Option<PathBuf>,
 }
 
 impl ServerProc {
@@ -176,6 +180,11 @@ impl ServerProc {
             }
         };
         let pipe = format!("oiw-e2e-{tag}");
+        let pipe_path = if transports.contains(&"pipe") {
+            Endpoint::pipe(&pipe)?.pipe_path()
+        } else {
+            None
+        };
         let mut command = Command::new(SERVER_BIN);
         command
             .args(["--socket", &on("socket", "127.0.0.1:0".into())])
@@ -206,6 +215,7 @@ impl ServerProc {
             child,
             urls: BTreeMap::new(),
             password,
+            pipe_path,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while transports.iter().any(|t| !server.urls.contains_key(*t)) {
@@ -257,6 +267,9 @@ impl ServerProc {
 impl Drop for ServerProc {
     fn drop(&mut self) {
         self.stop();
+        if let Some(path) = &self.pipe_path {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

@@ -32,6 +32,8 @@ use openiap_wire::proto::DownloadRequest;
 use openiap_wire::stream::sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use support::{RemoveOnDrop, pipe_path};
+
 const SERVER: &str = env!("CARGO_BIN_EXE_openiap-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_openiap-client");
 const PASSWORD: &str = "fault-password";
@@ -132,11 +134,16 @@ struct ServerProc {
     log: PathBuf,
     /// Kept open so that the server never writes to a closed pipe.
     _stdout: BufReader<ChildStdout>,
+    /// The pipe listener's Unix socket: a server killed with SIGKILL
+    /// cannot remove it, so the test does (after the kill, on a panic too).
+    _pipe: RemoveOnDrop,
 }
 
 impl ServerProc {
     fn start(data: &Path, log: &Path) -> Self {
         let pipe = unique("openiap-faults");
+        // Made before the spawn, so that a failed start removes it too.
+        let pipe_file = RemoveOnDrop(pipe_path(&pipe));
         let mut child = Command::new(SERVER)
             .args(["--grpc", "127.0.0.1:0", "--socket", "127.0.0.1:0"])
             .args(["--http", "127.0.0.1:0", "--pipe", &pipe])
@@ -176,6 +183,7 @@ impl ServerProc {
             urls,
             log: log.to_owned(),
             _stdout: stdout,
+            _pipe: pipe_file,
         }
     }
 

@@ -54,6 +54,8 @@ use openiap_wire::transport::{BoxTransport, Driver, Endpoint, Status, TransportC
 use sha2::{Digest, Sha256};
 use tokio::sync::Barrier;
 
+use support::{RemoveOnDrop, pipe_path};
+
 const SERVER: &str = env!("CARGO_BIN_EXE_openiap-server");
 const PASSWORD: &str = "load-password";
 const TRANSPORTS: [&str; 4] = ["socket", "pipe", "ws", "grpc"];
@@ -614,6 +616,9 @@ struct ServerProc {
     data: PathBuf,
     log: PathBuf,
     _stdout: BufReader<ChildStdout>,
+    /// The pipe listener's Unix socket, which the server killed on drop
+    /// cannot remove; removed after the kill, on a panic too.
+    _pipe: RemoveOnDrop,
 }
 
 impl ServerProc {
@@ -624,6 +629,7 @@ impl ServerProc {
         let data = root.join("data");
         let log = root.join("server.log");
         let pipe = format!("openiap-load-{tag}-{}", std::process::id());
+        let pipe_file = RemoveOnDrop(pipe_path(&pipe));
         let mut child = Command::new(SERVER)
             .args(["--grpc", "127.0.0.1:0", "--socket", "127.0.0.1:0"])
             .args(["--http", "127.0.0.1:0", "--pipe", &pipe])
@@ -661,6 +667,7 @@ impl ServerProc {
             data,
             log,
             _stdout: stdout,
+            _pipe: pipe_file,
         }
     }
 
