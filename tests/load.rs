@@ -37,9 +37,9 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,7 +54,7 @@ use openiap_wire::transport::{BoxTransport, Driver, Endpoint, Status, TransportC
 use sha2::{Digest, Sha256};
 use tokio::sync::Barrier;
 
-use support::{RemoveOnDrop, pipe_path};
+use support::{RemoveOnDrop, spawn_server};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_openiap-server");
 const PASSWORD: &str = "load-password";
@@ -629,45 +629,19 @@ impl ServerProc {
         let data = root.join("data");
         let log = root.join("server.log");
         let pipe = format!("openiap-load-{tag}-{}", std::process::id());
-        let pipe_file = RemoveOnDrop(pipe_path(&pipe));
-        let mut child = Command::new(SERVER)
-            .args(["--grpc", "127.0.0.1:0", "--socket", "127.0.0.1:0"])
-            .args(["--http", "127.0.0.1:0", "--pipe", &pipe])
-            .arg("--data")
-            .arg(&data)
-            .args(["--dev-password", PASSWORD])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut endpoints = Vec::new();
-        while endpoints.len() < TRANSPORTS.len() {
-            let mut line = String::new();
-            if stdout.read_line(&mut line).unwrap() == 0 {
-                let _ = child.kill();
-                panic!(
-                    "server ended before listing its endpoints:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            let mut words = line.split_whitespace();
-            if let (Some("listening"), Some(transport), Some(url)) =
-                (words.next(), words.next(), words.next())
-                && TRANSPORTS.contains(&transport)
-            {
-                endpoints.push(url.parse().unwrap());
-            }
-        }
+        let started = spawn_server(SERVER, &pipe, &data, PASSWORD, "warn", &log);
+        let endpoints = started
+            .urls
+            .iter()
+            .map(|(_, url)| url.parse().unwrap())
+            .collect();
         Self {
-            child,
+            child: started.child,
             endpoints,
             data,
             log,
-            _stdout: stdout,
-            _pipe: pipe_file,
+            _stdout: started.stdout,
+            _pipe: started.pipe_file,
         }
     }
 

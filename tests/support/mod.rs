@@ -73,3 +73,79 @@ pub(crate) fn pipe_path(name: &str) -> PathBuf {
         .pipe_path()
         .expect("a pipe endpoint has a socket path")
 }
+
+/// An `openiap-server` child started by [`spawn_server`].
+#[cfg(feature = "transport")]
+pub(crate) struct ServerChild {
+    pub(crate) child: std::process::Child,
+    /// (transport, client URL) of the socket, pipe, ws and grpc listeners,
+    /// as the server printed them.
+    pub(crate) urls: Vec<(String, String)>,
+    /// The rest of its stdout, to keep open so that the server never
+    /// writes to a closed pipe.
+    pub(crate) stdout: std::io::BufReader<std::process::ChildStdout>,
+    /// The pipe listener's Unix socket: a server killed with SIGKILL cannot
+    /// remove it, so this guard does. Made before the spawn, so that a
+    /// failed start removes it too.
+    pub(crate) pipe_file: RemoveOnDrop,
+}
+
+/// Spawns the `openiap-server` binary at `bin` with its socket, ws and gRPC
+/// listeners on ephemeral loopback ports and its pipe listener on `pipe`,
+/// data in `data`, `password` as the dev password, `RUST_LOG=rust_log` and
+/// stderr into the file `log`; then reads its stdout up to the `listening`
+/// lines of those four transports. If the server ends before that, kills
+/// it and panics with its log.
+#[cfg(feature = "transport")]
+pub(crate) fn spawn_server(
+    bin: &str,
+    pipe: &str,
+    data: &std::path::Path,
+    password: &str,
+    rust_log: &str,
+    log: &std::path::Path,
+) -> ServerChild {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    const LISTENERS: [&str; 4] = ["socket", "pipe", "ws", "grpc"];
+
+    let pipe_file = RemoveOnDrop(pipe_path(pipe));
+    let mut child = Command::new(bin)
+        .args(["--grpc", "127.0.0.1:0", "--socket", "127.0.0.1:0"])
+        .args(["--http", "127.0.0.1:0", "--pipe", pipe])
+        .arg("--data")
+        .arg(data)
+        .args(["--dev-password", password])
+        .env("RUST_LOG", rust_log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut urls = Vec::new();
+    while urls.len() < LISTENERS.len() {
+        let mut line = String::new();
+        if stdout.read_line(&mut line).unwrap() == 0 {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "server ended before listing its endpoints:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        let mut words = line.split_whitespace();
+        if let (Some("listening"), Some(transport), Some(url)) =
+            (words.next(), words.next(), words.next())
+            && LISTENERS.contains(&transport)
+        {
+            urls.push((transport.to_owned(), url.to_owned()));
+        }
+    }
+    ServerChild {
+        child,
+        urls,
+        stdout,
+        pipe_file,
+    }
+}
