@@ -113,21 +113,23 @@ struct Tally {
     errors: Vec<String>,
 }
 
+/// `$sum.FIELD += $part.FIELD` for each counter named, and `$part`'s errors
+/// appended to `$sum`'s. The destructure of `$part` names every field of
+/// [`Tally`], so a counter missing from the list does not compile.
+macro_rules! sum_counters {
+    ($sum:tt += $part:tt: $($field:ident)+) => {{
+        let Tally { $($field,)+ errors } = $part;
+        $($sum.$field += $field;)+
+        $sum.errors.extend(errors.iter().cloned());
+    }};
+}
+
 impl Tally {
     fn add(&mut self, other: &Self) {
-        self.requests += other.requests;
-        self.answers += other.answers;
-        self.duplicates += other.duplicates;
-        self.unsolicited += other.unsolicited;
-        self.failed += other.failed;
-        self.seq_mismatches += other.seq_mismatches;
-        self.wrong_answers += other.wrong_answers;
-        self.envelopes += other.envelopes;
-        self.uploads += other.uploads;
-        self.downloads += other.downloads;
-        self.bytes += other.bytes;
-        self.checksum_failures += other.checksum_failures;
-        self.errors.extend(other.errors.iter().cloned());
+        sum_counters! { self += other:
+            requests answers duplicates unsolicited failed seq_mismatches wrong_answers
+            envelopes uploads downloads bytes checksum_failures
+        }
     }
 }
 
