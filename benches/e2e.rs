@@ -52,6 +52,7 @@ use std::time::{Duration, Instant};
 use openiap_wire::client::bench::{self, Measurement};
 use openiap_wire::client::{Client, ClientError};
 use openiap_wire::server::DEV_USERNAME;
+use openiap_wire::transport::Endpoint;
 
 const SERVER_BIN: &str = env!("CARGO_BIN_EXE_openiap-server");
 const INTEROP_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop");
@@ -157,6 +158,9 @@ struct ServerProc {
     child: Child,
     urls: BTreeMap<String, String>,
     password: String,
+    /// The pipe listener's Unix socket, removed on drop: the server removes
+    /// it on SIGTERM, but not when `stop` has to fall back to SIGKILL.
+    pipe_path: Option<PathBuf>,
 }
 
 impl ServerProc {
@@ -176,6 +180,11 @@ impl ServerProc {
             }
         };
         let pipe = format!("oiw-e2e-{tag}");
+        let pipe_path = if transports.contains(&"pipe") {
+            Endpoint::pipe(&pipe)?.pipe_path()
+        } else {
+            None
+        };
         let mut command = Command::new(SERVER_BIN);
         command
             .args(["--socket", &on("socket", "127.0.0.1:0".into())])
@@ -206,6 +215,7 @@ impl ServerProc {
             child,
             urls: BTreeMap::new(),
             password,
+            pipe_path,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while transports.iter().any(|t| !server.urls.contains_key(*t)) {
@@ -257,6 +267,9 @@ impl ServerProc {
 impl Drop for ServerProc {
     fn drop(&mut self) {
         self.stop();
+        if let Some(path) = &self.pipe_path {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -726,6 +739,30 @@ fn percent(a: f64, b: f64) -> String {
     }
 }
 
+/// The cells `ours [runs] | Node [runs]NOTE | **ours / Node**` of one
+/// measure: medians with `decimals` places, each run's value in brackets.
+fn versus(ours: &[f64], node: &[f64], decimals: usize, note: &str) -> String {
+    let (o, n) = (median(ours), median(node));
+    format!(
+        "{o:.decimals$} [{}] | {n:.decimals$} [{}]{note} | **{}**",
+        runs_text(ours, decimals),
+        runs_text(node, decimals),
+        ratio(o, n)
+    )
+}
+
+/// `intro`, a blank line, then a Markdown table's header row of `columns`
+/// (`a | b | c`) and its separator row.
+fn table_head(out: &mut String, intro: &str, columns: &str) {
+    let _ = writeln!(out, "{intro}\n");
+    let _ = writeln!(out, "| {columns} |");
+    let rule: Vec<String> = columns
+        .split(" | ")
+        .map(|c| "-".repeat(c.len() + 2))
+        .collect();
+    let _ = writeln!(out, "|{}|", rule.join("|"));
+}
+
 /// The raw baselines of a run: copies by (kind, socket), round trips by socket.
 struct Raws<'a> {
     copies: &'a BTreeMap<(usize, &'a str), Vec<f64>>,
@@ -751,22 +788,22 @@ fn report(
     }
     let raw = raws.copies;
     let empty = Series::default();
-    let _ = writeln!(
-        out,
-        "Sequential ping round trips per second (raw: a {RAW_PING_BYTES}-byte message echoed over the same socket kind, no protocol; ws and gRPC run over TCP):\n"
+    // Each transport with our series, Node's and the socket kind it runs on.
+    let rows = || {
+        transports.iter().map(|t| {
+            let sock = if *t == "pipe" { "unix" } else { "tcp" };
+            let (o, n) = (ours.get(t).unwrap_or(&empty), node.get(t).unwrap_or(&empty));
+            (t, o, n, sock)
+        })
+    };
+    table_head(
+        &mut out,
+        &format!(
+            "Sequential ping round trips per second (raw: a {RAW_PING_BYTES}-byte message echoed over the same socket kind, no protocol; ws and gRPC run over TCP):"
+        ),
+        "transport | ours | Node | ours / Node | raw round trips | ours / raw",
     );
-    let _ = writeln!(
-        out,
-        "| transport | ours | Node | ours / Node | raw round trips | ours / raw |"
-    );
-    let _ = writeln!(
-        out,
-        "|-----------|------|------|-------------|-----------------|------------|"
-    );
-    for t in transports {
-        let o = ours.get(t).unwrap_or(&empty);
-        let n = node.get(t).unwrap_or(&empty);
-        let sock = if *t == "pipe" { "unix" } else { "tcp" };
+    for (t, o, n, sock) in rows() {
         let r = raws.round_trips.get(sock).map_or(&[][..], Vec::as_slice);
         let counts = if n.ping_counts.iter().any(|&c| c < u64::from(settings.pings)) {
             format!(
@@ -781,50 +818,31 @@ fn report(
         };
         let _ = writeln!(
             out,
-            "| {t} | {:.0} [{}] | {:.0} [{}]{counts} | **{}** | {:.0} [{}] | {} |",
-            median(&o.pings),
-            runs_text(&o.pings, 0),
-            median(&n.pings),
-            runs_text(&n.pings, 0),
-            ratio(median(&o.pings), median(&n.pings)),
+            "| {t} | {} | {:.0} [{}] | {} |",
+            versus(&o.pings, &n.pings, 0, &counts),
             median(r),
             runs_text(r, 0),
             percent(median(&o.pings), median(r)),
         );
     }
-    let _ = writeln!(out, "\nUpload and download through the server, MiB/s:\n");
-    let _ = writeln!(
-        out,
-        "| transport | ours upload | Node upload | ours / Node | ours download | Node download | ours / Node |"
+    table_head(
+        &mut out,
+        "\nUpload and download through the server, MiB/s:",
+        "transport | ours upload | Node upload | ours / Node | ours download | Node download | ours / Node",
     );
-    let _ = writeln!(
-        out,
-        "|-----------|-------------|-------------|-------------|---------------|---------------|-------------|"
-    );
-    for t in transports {
-        let o = ours.get(t).unwrap_or(&empty);
-        let n = node.get(t).unwrap_or(&empty);
+    for (t, o, n, _) in rows() {
         let _ = writeln!(
             out,
-            "| {t} | {:.1} [{}] | {:.1} [{}] | **{}** | {:.1} [{}] | {:.1} [{}] | **{}** |",
-            median(&o.upload),
-            runs_text(&o.upload, 1),
-            median(&n.upload),
-            runs_text(&n.upload, 1),
-            ratio(median(&o.upload), median(&n.upload)),
-            median(&o.download),
-            runs_text(&o.download, 1),
-            median(&n.download),
-            runs_text(&n.download, 1),
-            ratio(median(&o.download), median(&n.download)),
+            "| {t} | {} | {} |",
+            versus(&o.upload, &n.upload, 1, ""),
+            versus(&o.download, &n.download, 1, ""),
         );
     }
-    let _ = writeln!(
-        out,
-        "\nRaw loopback copy of the same bytes, no protocol, MiB/s:\n"
+    table_head(
+        &mut out,
+        "\nRaw loopback copy of the same bytes, no protocol, MiB/s:",
+        "copy | TCP | Unix socket",
     );
-    let _ = writeln!(out, "| copy | TCP | Unix socket |");
-    let _ = writeln!(out, "|------|-----|-------------|");
     let raw_median = |k: usize, sock: &str| raw.get(&(k, sock)).map_or(f64::NAN, |v| median(v));
     for (k, kind) in RAW_KINDS.into_iter().enumerate() {
         let runs = |sock: &str| {
@@ -841,21 +859,12 @@ fn report(
             runs("unix"),
         );
     }
-    let _ = writeln!(
-        out,
-        "\nOurs as a share of the raw copy over the same socket kind (ws and gRPC run over TCP):\n"
+    table_head(
+        &mut out,
+        "\nOurs as a share of the raw copy over the same socket kind (ws and gRPC run over TCP):",
+        "transport | upload / raw+fsync | download / raw+fsync | upload / raw no fsync | download / raw no fsync | upload / memory copy | download / memory copy",
     );
-    let _ = writeln!(
-        out,
-        "| transport | upload / raw+fsync | download / raw+fsync | upload / raw no fsync | download / raw no fsync | upload / memory copy | download / memory copy |"
-    );
-    let _ = writeln!(
-        out,
-        "|-----------|------|------|------|------|------|------|"
-    );
-    for t in transports {
-        let o = ours.get(t).unwrap_or(&empty);
-        let sock = if *t == "pipe" { "unix" } else { "tcp" };
+    for (t, o, _, sock) in rows() {
         let (up, down) = (median(&o.upload), median(&o.download));
         let _ = writeln!(
             out,
@@ -954,13 +963,14 @@ fn memory(settings: &Settings) -> Result<(), Failure> {
     drop(server);
     let per_connection = after.saturating_sub(before) as f64 / n as f64;
     eprintln!("idle: {before} KiB -> {after} KiB, {per_connection:.1} KiB per connection");
-    let _ = writeln!(
-        out,
-        "{n} signed-in socket connections from one client process (opened {OPEN_AT_ONCE} at a time in {:.1} s):\n",
-        opened_in.as_secs_f64()
+    table_head(
+        &mut out,
+        &format!(
+            "{n} signed-in socket connections from one client process (opened {OPEN_AT_ONCE} at a time in {:.1} s):",
+            opened_in.as_secs_f64()
+        ),
+        "server | value",
     );
-    let _ = writeln!(out, "| server | value |");
-    let _ = writeln!(out, "|--------|-------|");
     let _ = writeln!(
         out,
         "| VmRSS before (after 8 warm-up connections) | {} |",
@@ -1017,13 +1027,14 @@ fn memory(settings: &Settings) -> Result<(), Failure> {
     if !m.checksum_ok {
         return Err("the downloaded file differs".into());
     }
-    let _ = writeln!(
-        out,
-        "\nServer peak RSS over one {} MiB upload then download (socket):\n",
-        settings.memory_mib
+    table_head(
+        &mut out,
+        &format!(
+            "\nServer peak RSS over one {} MiB upload then download (socket):",
+            settings.memory_mib
+        ),
+        "server | value",
     );
-    let _ = writeln!(out, "| server | value |");
-    let _ = writeln!(out, "|--------|-------|");
     let _ = writeln!(
         out,
         "| VmRSS / VmHWM after start | {} / {} |",

@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::command::{Payload, Validation};
 use crate::connection::{Connection, ConnectionConfig, Role};
-use crate::envelope::{decode_envelope, encode_envelope, payload};
+use crate::envelope::{Envelope, EnvelopeError, decode_envelope, encode_envelope, payload};
 use crate::view::EnvelopeView;
 
 pub use crate::frame::fuzz_decode as frame_decoder;
@@ -23,10 +23,8 @@ pub use crate::stream::fuzz_stream as stream;
 pub fn envelope(data: &[u8]) {
     let frame = Bytes::copy_from_slice(data);
     let decoded = decode_envelope(frame.clone());
-    match (EnvelopeView::parse(&frame), &decoded) {
-        (Ok(view), Ok(owned)) => assert_eq!(&view.to_envelope(), owned, "view and prost differ"),
-        (Err(_), Err(_)) => {}
-        (view, owned) => panic!("view {view:?} but prost {owned:?}"),
+    if let Err(why) = view_agrees(&frame, &decoded) {
+        panic!("{why}");
     }
     let Ok(envelope) = decoded else {
         return;
@@ -39,6 +37,27 @@ pub fn envelope(data: &[u8]) {
             let redecoded = Payload::decode(decoded.command(), Some(&any), Validation::Strict);
             assert_eq!(redecoded.as_ref(), Ok(&decoded), "payload round trip");
         }
+    }
+}
+
+/// Checks that the borrowed [`EnvelopeView`] agrees with prost on `frame`,
+/// given prost's result for it (`decode_envelope(frame.clone())`): both
+/// refuse it, or both accept it and read the same fields. The error says
+/// how they differ. Shared by [`envelope`] and the view's tests.
+pub fn view_agrees(frame: &Bytes, owned: &Result<Envelope, EnvelopeError>) -> Result<(), String> {
+    match (EnvelopeView::parse(frame), owned) {
+        (Ok(view), Ok(owned)) => {
+            let viewed = view.to_envelope();
+            if &viewed == owned {
+                Ok(())
+            } else {
+                Err(format!(
+                    "view and prost differ: view {viewed:?}, prost {owned:?}"
+                ))
+            }
+        }
+        (Err(_), Err(_)) => Ok(()),
+        (view, owned) => Err(format!("view {view:?} but prost {owned:?}")),
     }
 }
 

@@ -15,9 +15,11 @@
 
 #![cfg(all(feature = "bins", unix))]
 
+mod support;
+
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
@@ -29,6 +31,8 @@ use openiap_wire::client::{Client, ClientError};
 use openiap_wire::proto::DownloadRequest;
 use openiap_wire::stream::sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use support::{RemoveOnDrop, spawn_server};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_openiap-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_openiap-client");
@@ -63,6 +67,20 @@ impl Scratch {
 
     fn join(&self, name: &str) -> PathBuf {
         self.0.join(name)
+    }
+
+    /// The server's data directory, the same across restarts.
+    fn data(&self) -> PathBuf {
+        self.0.join("data")
+    }
+
+    /// Deterministic content (xorshift32) of `len` bytes written to `name`
+    /// in here: its path and SHA-256.
+    fn content(&self, name: &str, len: u64, seed: u32) -> (PathBuf, [u8; 32]) {
+        let path = self.join(name);
+        let data = support::xorshift32_bytes(usize::try_from(len).unwrap(), seed | 1);
+        std::fs::write(&path, &data).unwrap();
+        (path, sha256(&data))
     }
 
     fn dir(&self, name: &str) -> PathBuf {
@@ -121,8 +139,8 @@ impl Drop for Proc {
     }
 }
 
-/// `openiap-server` on ephemeral loopback ports, every transport on, logs
-/// (info) in a file.
+/// `openiap-server` on ephemeral loopback ports, every transport on, data in
+/// the scratch directory's `data/`, logs (info) in a new file there.
 struct ServerProc {
     proc: Proc,
     /// (transport, client URL) as the server printed them.
@@ -130,50 +148,25 @@ struct ServerProc {
     log: PathBuf,
     /// Kept open so that the server never writes to a closed pipe.
     _stdout: BufReader<ChildStdout>,
+    /// The pipe listener's Unix socket, removed after the kill (on a panic
+    /// too): a server killed with SIGKILL cannot remove it.
+    _pipe: RemoveOnDrop,
 }
 
 impl ServerProc {
-    fn start(data: &Path, log: &Path) -> Self {
+    fn start(scratch: &Scratch) -> Self {
+        let log = scratch.join(&format!("{}.log", unique("server")));
         let pipe = unique("openiap-faults");
-        let mut child = Command::new(SERVER)
-            .args(["--grpc", "127.0.0.1:0", "--socket", "127.0.0.1:0"])
-            .args(["--http", "127.0.0.1:0", "--pipe", &pipe])
-            .arg("--data")
-            .arg(data)
-            .args(["--dev-password", PASSWORD])
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(File::create(log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let proc = Proc {
-            child,
-            what: "openiap-server".into(),
-        };
-        let mut urls = Vec::new();
-        while urls.len() < 4 {
-            let mut line = String::new();
-            if stdout.read_line(&mut line).unwrap() == 0 {
-                panic!(
-                    "server ended before listing its endpoints:\n{}",
-                    std::fs::read_to_string(log).unwrap_or_default()
-                );
-            }
-            let mut words = line.split_whitespace();
-            if let (Some("listening"), Some(transport), Some(url)) =
-                (words.next(), words.next(), words.next())
-                && transport != "rest"
-            {
-                urls.push((transport.to_owned(), url.to_owned()));
-            }
-        }
+        let started = spawn_server(SERVER, &pipe, &scratch.data(), PASSWORD, "info", &log);
         Self {
-            proc,
-            urls,
-            log: log.to_owned(),
-            _stdout: stdout,
+            proc: Proc {
+                child: started.child,
+                what: "openiap-server".into(),
+            },
+            urls: started.urls,
+            log,
+            _stdout: started.stdout,
+            _pipe: started.pipe_file,
         }
     }
 
@@ -247,23 +240,6 @@ impl ClientRun {
 
 fn args(list: &[&dyn AsRef<std::ffi::OsStr>]) -> Vec<OsString> {
     list.iter().map(|a| a.as_ref().to_owned()).collect()
-}
-
-/// Deterministic content (xorshift32) of `len` bytes, written to `path`;
-/// returns its SHA-256.
-fn write_content(path: &Path, len: u64, seed: u32) -> [u8; 32] {
-    let len = usize::try_from(len).unwrap();
-    let mut x = seed | 1;
-    let mut data = Vec::with_capacity(len + 4);
-    while data.len() < len {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        data.extend_from_slice(&x.to_le_bytes());
-    }
-    data.truncate(len);
-    std::fs::write(path, &data).unwrap();
-    sha256(&data)
 }
 
 fn file_sha256(path: &Path) -> [u8; 32] {
@@ -362,11 +338,10 @@ async fn assert_not_downloadable(url: &str, filename: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_killed_mid_upload_issues_no_id_and_leaves_no_temp_file() {
     let scratch = Scratch::new("client-kill");
-    let data = scratch.join("data");
-    let server = ServerProc::start(&data, &scratch.join("server.log"));
+    let data = scratch.data();
+    let server = ServerProc::start(&scratch);
     let total = UPLOAD_SIZE;
-    let big = scratch.join("big.bin");
-    write_content(&big, total, 1);
+    let (big, _) = scratch.content("big.bin", total, 1);
     let mut published = Vec::new();
     for transport in ["socket", "pipe", "ws", "grpc"] {
         let url = server.url(transport).to_owned();
@@ -390,8 +365,7 @@ async fn client_killed_mid_upload_issues_no_id_and_leaves_no_temp_file() {
         );
         assert_not_downloadable(&url, "big.bin").await;
         // The server serves on, on the same transport.
-        let small = scratch.join(&format!("small-{transport}.bin"));
-        let sha = write_content(&small, MIB + 11, 2);
+        let (small, sha) = scratch.content(&format!("small-{transport}.bin"), MIB + 11, 2);
         let id = upload(&url, &small).await;
         let out = scratch.join(&format!("small-{transport}.out"));
         assert_eq!(download(&url, &id, &out).await, sha, "{transport}");
@@ -406,18 +380,16 @@ async fn client_killed_mid_upload_issues_no_id_and_leaves_no_temp_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_mid_upload_restarts_with_earlier_files_intact() {
     let scratch = Scratch::new("server-kill-upload");
-    let data = scratch.join("data");
-    let mut server = ServerProc::start(&data, &scratch.join("server-1.log"));
+    let data = scratch.data();
+    let mut server = ServerProc::start(&scratch);
     let mut earlier = Vec::new();
     for (i, len) in [MIB + 3, 2 * MIB, 5 * MIB + 1].into_iter().enumerate() {
-        let path = scratch.join(&format!("early-{i}.bin"));
-        let sha = write_content(&path, len, 10 + i as u32);
+        let (path, sha) = scratch.content(&format!("early-{i}.bin"), len, 10 + i as u32);
         let id = upload(server.url("socket"), &path).await;
         earlier.push((id, sha));
     }
     let total = UPLOAD_SIZE;
-    let big = scratch.join("big.bin");
-    write_content(&big, total, 3);
+    let (big, _) = scratch.content("big.bin", total, 3);
     let mut client = ClientRun::spawn(&scratch, server.url("socket"), &args(&[&"upload", &big]));
     let at_kill = grown("server temp file", &mut client.proc, 2 * MIB, || {
         temp_upload_size(&data)
@@ -430,7 +402,7 @@ async fn server_killed_mid_upload_restarts_with_earlier_files_intact() {
     let error = client.failure().await;
     println!("server killed with {at_kill} of {total} bytes in its temp file; client: {error}");
 
-    let server = ServerProc::start(&data, &scratch.join("server-2.log"));
+    let server = ServerProc::start(&scratch);
     assert!(
         listing(&data.join("tmp")).is_empty(),
         "temp file removed at start"
@@ -449,8 +421,7 @@ async fn server_killed_mid_upload_restarts_with_earlier_files_intact() {
         );
     }
     // And it takes new uploads.
-    let path = scratch.join("after.bin");
-    let sha = write_content(&path, MIB, 4);
+    let (path, sha) = scratch.content("after.bin", MIB, 4);
     let id = upload(server.url("grpc"), &path).await;
     assert_eq!(
         download(server.url("grpc"), &id, &scratch.join("after.out")).await,
@@ -540,11 +511,9 @@ fn via(url: &str, addr: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cut_mid_download_is_reported_and_leaves_no_output() {
     let scratch = Scratch::new("cut-download");
-    let data = scratch.join("data");
-    let server = ServerProc::start(&data, &scratch.join("server.log"));
+    let server = ServerProc::start(&scratch);
     let total = DOWNLOAD_SIZE;
-    let source = scratch.join("source.bin");
-    let sha = write_content(&source, total, 5);
+    let (source, sha) = scratch.content("source.bin", total, 5);
     let id = upload(server.url("socket"), &source).await;
     let cut_after = 4 * MIB;
     for transport in ["socket", "ws", "grpc"] {
@@ -592,13 +561,11 @@ async fn connection_cut_mid_download_is_reported_and_leaves_no_output() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_mid_download_is_reported_and_leaves_no_output() {
     let scratch = Scratch::new("server-kill-download");
-    let data = scratch.join("data");
-    let mut server = ServerProc::start(&data, &scratch.join("server-0.log"));
+    let mut server = ServerProc::start(&scratch);
     let total = DOWNLOAD_SIZE;
-    let source = scratch.join("source.bin");
-    let sha = write_content(&source, total, 6);
+    let (source, sha) = scratch.content("source.bin", total, 6);
     let id = upload(server.url("socket"), &source).await;
-    for (round, transport) in ["socket", "pipe"].into_iter().enumerate() {
+    for transport in ["socket", "pipe"] {
         let out_dir = scratch.dir(&format!("out-{transport}"));
         let out = out_dir.join("file.bin");
         let mut client = ClientRun::spawn(
@@ -617,7 +584,7 @@ async fn server_killed_mid_download_is_reported_and_leaves_no_output() {
         println!(
             "{transport}: server killed with {at_kill} of {total} bytes in the client's partial file; client exit 1: {error}"
         );
-        server = ServerProc::start(&data, &scratch.join(&format!("server-{}.log", round + 1)));
+        server = ServerProc::start(&scratch);
     }
     let out = scratch.join("after.bin");
     assert_eq!(download(server.url("ws"), &id, &out).await, sha);

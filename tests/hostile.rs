@@ -21,6 +21,8 @@
 
 #![cfg(all(feature = "server", feature = "client", feature = "transport-tcp"))]
 
+mod support;
+
 use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -180,16 +182,7 @@ fn listing(root: &Path) -> Vec<String> {
 
 /// Deterministic bytes (xorshift32), so every run sends the same input.
 fn noise(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 4);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    support::xorshift32_bytes(len, seed | 1)
 }
 
 // ----- the well-behaved client -------------------------------------------
@@ -351,6 +344,34 @@ impl Raw {
         error_of(&seen[0])
     }
 
+    /// The connection-fatal error notice, after asserting its code and
+    /// message (see [`Raw::fatal`]).
+    async fn fatal_is(&mut self, code: i32, message: impl AsRef<str>) -> ErrorResponse {
+        expect_error(self.fatal().await, code, message)
+    }
+
+    /// The `error` answering `rid`, after asserting its code and message.
+    async fn error_is(&mut self, rid: &str, code: i32, message: impl AsRef<str>) -> ErrorResponse {
+        expect_error(self.error_for(rid).await, code, message)
+    }
+
+    /// Sends a download of an id no file has, with `jwt` on the envelope
+    /// (none if empty); returns the request's id.
+    async fn download_probe(&mut self, jwt: &str) -> String {
+        let mut download = pack(&DownloadRequest {
+            id: "0123456789abcdef01234567".into(),
+            ..DownloadRequest::default()
+        });
+        download.jwt = jwt.to_owned();
+        self.send(download).await
+    }
+
+    /// The connection is signed out: a download is refused with 401.
+    async fn assert_signed_out(&mut self) {
+        let id = self.download_probe("").await;
+        assert_eq!(self.error_for(&id).await.code, 401);
+    }
+
     /// The next envelope is an `error` answering `rid`.
     async fn error_for(&mut self, rid: &str) -> ErrorResponse {
         let envelope = self.recv().await;
@@ -450,6 +471,20 @@ fn ping_at(seq: i32) -> BytesMut {
     })
 }
 
+/// `body` behind its 4-byte little-endian length prefix.
+fn framed(body: &[u8]) -> Vec<u8> {
+    let mut bytes = u32::try_from(body.len()).unwrap().to_le_bytes().to_vec();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// `error` after asserting its code and message.
+fn expect_error(error: ErrorResponse, code: i32, message: impl AsRef<str>) -> ErrorResponse {
+    assert_eq!(error.code, code, "{error:?}");
+    assert_eq!(error.message, message.as_ref());
+    error
+}
+
 /// `error CODE "MESSAGE"`, with the message cut for the table.
 fn show(error: &ErrorResponse) -> String {
     let message: String = error.message.chars().take(160).collect();
@@ -477,6 +512,11 @@ impl Observed {
             stored: Vec::new(),
         }
     }
+
+    /// A fatal error notice, then the server's close.
+    fn fatal(error: &ErrorResponse) -> Self {
+        Self::saw(format!("{}, then {}", show(error), Close::Eof))
+    }
 }
 
 /// What the hostile side gets to know about the server.
@@ -496,12 +536,36 @@ impl Ctx {
             .map(|m| m.len())
             .sum()
     }
+
+    /// `tmp/` holds no more than the good client's upload in flight: no
+    /// hostile upload's temporary file was left behind.
+    fn assert_no_hostile_leftover(&self) {
+        let bytes = self.tmp_bytes();
+        assert!(bytes < GOOD_TMP_MAX, "{bytes} bytes in tmp/");
+    }
+
+    /// A raw connection to the server, signed in.
+    async fn signed_in(&self) -> Raw {
+        let mut raw = Raw::connect(&self.addr).await;
+        raw.signin().await;
+        raw
+    }
 }
 
 /// Most bytes the good client's upload in flight holds in `tmp/`.
 const GOOD_TMP_MAX: u64 = 64 * 1024;
 
-async fn case<F, Fut>(name: &str, configure: impl FnOnce(&mut ServerConfig), hostile: F)
+/// A case against a server with the default configuration.
+async fn case<F, Fut>(name: &str, hostile: F)
+where
+    F: FnOnce(Ctx) -> Fut,
+    Fut: Future<Output = Observed>,
+{
+    case_with(name, |_| {}, hostile).await;
+}
+
+/// A case against a server configured by `configure`.
+async fn case_with<F, Fut>(name: &str, configure: impl FnOnce(&mut ServerConfig), hostile: F)
 where
     F: FnOnce(Ctx) -> Fut,
     Fut: Future<Output = Observed>,
@@ -536,31 +600,23 @@ where
 
 #[tokio::test]
 async fn length_prefix_of_4_gib() {
-    case(
-        "length prefix of 4 GiB",
-        |_| {},
-        |ctx| async move {
-            let mut raw = Raw::connect(&ctx.addr).await;
-            // 0xFFFFFFFF, the largest prefix (4 GiB - 1), and a few body bytes.
-            raw.write(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await;
-            let error = raw.fatal().await;
-            assert_eq!(error.code, 413);
-            assert_eq!(
-                error.message,
-                format!(
-                    "frame of 4294967295 bytes exceeds the limit of {DEFAULT_MAX_FRAME_LENGTH} bytes"
-                )
-            );
-            Observed::saw(format!("{}, then {}", show(&error), Close::Eof))
-        },
-    )
+    case("length prefix of 4 GiB", |ctx| async move {
+        let mut raw = Raw::connect(&ctx.addr).await;
+        // 0xFFFFFFFF, the largest prefix (4 GiB - 1), and a few body bytes.
+        raw.write(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await;
+        let error = raw.fatal_is(413,
+            format!(
+                "frame of 4294967295 bytes exceeds the limit of {DEFAULT_MAX_FRAME_LENGTH} bytes"
+            )).await;
+        Observed::fatal(&error)
+    })
     .await;
 }
 
 #[tokio::test]
 async fn length_just_above_the_configured_limit() {
     const LIMIT: usize = 1024 * 1024;
-    case(
+    case_with(
         "length just above the configured limit",
         |config| {
             config.connection.frame_mut().set_max_frame_length(LIMIT);
@@ -591,12 +647,12 @@ async fn length_just_above_the_configured_limit() {
             // ...a prefix one byte above it is not.
             let over = u32::try_from(LIMIT + 1).unwrap();
             raw.write(&over.to_le_bytes()).await;
-            let error = raw.fatal().await;
-            assert_eq!(error.code, 413);
-            assert_eq!(
-                error.message,
-                "frame of 1048577 bytes exceeds the limit of 1048576 bytes"
-            );
+            let error = raw
+                .fatal_is(
+                    413,
+                    "frame of 1048577 bytes exceeds the limit of 1048576 bytes",
+                )
+                .await;
             Observed::saw(format!(
                 "frame of exactly 1048576 bytes: pong; prefix 1048577: {}, then {}",
                 show(&error),
@@ -609,133 +665,106 @@ async fn length_just_above_the_configured_limit() {
 
 #[tokio::test]
 async fn truncated_frame_then_close() {
-    case(
-        "truncated frame then close",
-        |_| {},
-        |ctx| async move {
-            let mut raw = Raw::connect(&ctx.addr).await;
-            let mut bytes = 100u32.to_le_bytes().to_vec();
-            bytes.extend_from_slice(&[0x0a; 50]);
-            raw.write(&bytes).await;
-            raw.tcp.shutdown().await.unwrap();
-            let (seen, close) = raw.until_close().await;
-            assert!(seen.is_empty(), "{seen:?}");
-            assert_eq!(close, Close::Eof);
-            Observed::saw(format!(
-                "nothing sent, {close} (the peer left mid-frame: 54 of 104 bytes)"
-            ))
-        },
-    )
+    case("truncated frame then close", |ctx| async move {
+        let mut raw = Raw::connect(&ctx.addr).await;
+        let mut bytes = 100u32.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&[0x0a; 50]);
+        raw.write(&bytes).await;
+        raw.tcp.shutdown().await.unwrap();
+        let (seen, close) = raw.until_close().await;
+        assert!(seen.is_empty(), "{seen:?}");
+        assert_eq!(close, Close::Eof);
+        Observed::saw(format!(
+            "nothing sent, {close} (the peer left mid-frame: 54 of 104 bytes)"
+        ))
+    })
     .await;
 }
 
 #[tokio::test]
 async fn garbage_protobuf() {
-    case(
-        "garbage protobuf",
-        |_| {},
-        |ctx| async move {
-            let mut raw = Raw::connect(&ctx.addr).await;
-            // Field 1 with wire type 7, which does not exist.
-            let body = [0x0f, 0xff, 0xff, 0xff];
-            let mut bytes = (body.len() as u32).to_le_bytes().to_vec();
-            bytes.extend_from_slice(&body);
-            raw.write(&bytes).await;
-            let error = raw.fatal().await;
-            assert_eq!(error.code, 400);
-            assert_eq!(error.message, "frame body is not a valid openiap.Envelope");
-            Observed::saw(format!("{}, then {}", show(&error), Close::Eof))
-        },
-    )
+    case("garbage protobuf", |ctx| async move {
+        let mut raw = Raw::connect(&ctx.addr).await;
+        // Field 1 with wire type 7, which does not exist.
+        raw.write(&framed(&[0x0f, 0xff, 0xff, 0xff])).await;
+        let error = raw
+            .fatal_is(400, "frame body is not a valid openiap.Envelope")
+            .await;
+        Observed::fatal(&error)
+    })
     .await;
 }
 
 #[tokio::test]
 async fn zero_length_frame() {
-    case(
-        "zero-length frame",
-        |_| {},
-        |ctx| async move {
-            let mut raw = Raw::connect(&ctx.addr).await;
-            // An empty frame, then a ping that must not be answered.
-            let mut bytes = vec![0, 0, 0, 0];
-            bytes.extend_from_slice(&ping_at(0));
-            raw.write(&bytes).await;
-            let error = raw.fatal().await;
-            assert_eq!(error.code, 400);
-            assert_eq!(
-                error.message,
-                "zero-length frame rejected by the configured policy"
-            );
-            Observed::saw(format!("{}, then {}", show(&error), Close::Eof))
-        },
-    )
+    case("zero-length frame", |ctx| async move {
+        let mut raw = Raw::connect(&ctx.addr).await;
+        // An empty frame, then a ping that must not be answered.
+        let mut bytes = vec![0, 0, 0, 0];
+        bytes.extend_from_slice(&ping_at(0));
+        raw.write(&bytes).await;
+        let error = raw
+            .fatal_is(400, "zero-length frame rejected by the configured policy")
+            .await;
+        Observed::fatal(&error)
+    })
     .await;
 }
 
 #[tokio::test]
 async fn valid_frame_of_random_bytes() {
-    case(
-        "valid frame of random bytes",
-        |_| {},
-        |ctx| async move {
-            let mut raw = Raw::connect(&ctx.addr).await;
-            let body = noise(1024, 7);
-            let mut bytes = (body.len() as u32).to_le_bytes().to_vec();
-            bytes.extend_from_slice(&body);
-            raw.write(&bytes).await;
-            let error = raw.fatal().await;
-            assert_eq!(error.code, 400);
-            assert_eq!(error.message, "frame body is not a valid openiap.Envelope");
-            Observed::saw(format!("{}, then {}", show(&error), Close::Eof))
-        },
-    )
+    case("valid frame of random bytes", |ctx| async move {
+        let mut raw = Raw::connect(&ctx.addr).await;
+        raw.write(&framed(&noise(1024, 7))).await;
+        let error = raw
+            .fatal_is(400, "frame body is not a valid openiap.Envelope")
+            .await;
+        Observed::fatal(&error)
+    })
     .await;
 }
 
 #[tokio::test]
 async fn sixteen_mib_of_random_bytes() {
-    case(
-        "16 MiB of random bytes",
-        |_| {},
-        |ctx| async move {
-            let raw = Raw::connect(&ctx.addr).await;
-            let bytes = noise(16 * 1024 * 1024, 16);
-            let declared = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-            // The seed's first four bytes declare a frame under the limit,
-            // so the server reads that much garbage before it can judge it.
-            assert_eq!(declared, 4_596_240);
-            let (mut reader, mut writer) = raw.tcp.into_split();
-            // The server stops reading at the prefix, so this write fails
-            // part way: that is the point.
-            let flood = tokio::spawn(async move {
-                let _ = writer.write_all(&bytes).await;
-            });
-            let mut answer = Vec::new();
-            let read = tokio::time::timeout(WAIT, reader.read_to_end(&mut answer))
-                .await
-                .expect("closed within 10 s");
-            let close = match read {
-                Ok(_) => Close::Eof,
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Close::Reset,
-                Err(e) => panic!("{e}"),
-            };
-            flood.await.unwrap();
-            let mut decoder = FrameDecoder::default();
-            decoder.push(&answer);
-            let frame = decoder.decode().unwrap().expect("one whole frame");
-            assert_eq!(decoder.buffered(), 0, "exactly one frame");
-            let notice = decode_envelope(frame).unwrap();
-            let error = error_of(&notice);
-            assert_eq!(error.code, 400);
-            assert_eq!(error.message, "frame body is not a valid openiap.Envelope");
-            assert_eq!(close, Close::Eof);
-            Observed::saw(format!(
-                "prefix declares {declared} bytes (under the limit); after them: {}, then {close}",
-                show(&error)
-            ))
-        },
-    )
+    case("16 MiB of random bytes", |ctx| async move {
+        let raw = Raw::connect(&ctx.addr).await;
+        let bytes = noise(16 * 1024 * 1024, 16);
+        let declared = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        // The seed's first four bytes declare a frame under the limit,
+        // so the server reads that much garbage before it can judge it.
+        assert_eq!(declared, 4_596_240);
+        let (mut reader, mut writer) = raw.tcp.into_split();
+        // The server stops reading at the prefix, so this write fails
+        // part way: that is the point.
+        let flood = tokio::spawn(async move {
+            let _ = writer.write_all(&bytes).await;
+        });
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(WAIT, reader.read_to_end(&mut answer))
+            .await
+            .expect("closed within 10 s");
+        let close = match read {
+            Ok(_) => Close::Eof,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Close::Reset,
+            Err(e) => panic!("{e}"),
+        };
+        flood.await.unwrap();
+        let mut decoder = FrameDecoder::default();
+        decoder.push(&answer);
+        let frame = decoder.decode().unwrap().expect("one whole frame");
+        assert_eq!(decoder.buffered(), 0, "exactly one frame");
+        let notice = decode_envelope(frame).unwrap();
+        let error = expect_error(
+            error_of(&notice),
+            400,
+            "frame body is not a valid openiap.Envelope",
+        );
+        assert_eq!(close, Close::Eof);
+        Observed::saw(format!(
+            "prefix declares {declared} bytes (under the limit); after them: {}, then {close}",
+            show(&error)
+        ))
+    })
     .await;
 }
 
@@ -743,37 +772,31 @@ async fn sixteen_mib_of_random_bytes() {
 
 #[tokio::test]
 async fn duplicate_seq() {
-    case(
-        "duplicate seq",
-        |_| {},
-        |ctx| async move {
-            let mut raw = Raw::connect(&ctx.addr).await;
-            let mut bytes = ping_at(0);
-            bytes.extend_from_slice(&Raw::frame(&Envelope {
-                command: "ping".into(),
-                id: "again".into(),
-                seq: 0,
-                ..Envelope::default()
-            }));
-            raw.write(&bytes).await;
-            let pong = raw.recv().await;
-            assert_eq!((pong.command.as_str(), pong.rid.as_str()), ("pong", "p0"));
-            let error = raw.fatal().await;
-            assert_eq!(error.code, 400);
-            assert_eq!(error.message, "duplicate seq 0: received already");
-            Observed::saw(format!(
-                "pong for seq 0, then {}, then {}",
-                show(&error),
-                Close::Eof
-            ))
-        },
-    )
+    case("duplicate seq", |ctx| async move {
+        let mut raw = Raw::connect(&ctx.addr).await;
+        let mut bytes = ping_at(0);
+        bytes.extend_from_slice(&Raw::frame(&Envelope {
+            command: "ping".into(),
+            id: "again".into(),
+            seq: 0,
+            ..Envelope::default()
+        }));
+        raw.write(&bytes).await;
+        let pong = raw.recv().await;
+        assert_eq!((pong.command.as_str(), pong.rid.as_str()), ("pong", "p0"));
+        let error = raw.fatal_is(400, "duplicate seq 0: received already").await;
+        Observed::saw(format!(
+            "pong for seq 0, then {}, then {}",
+            show(&error),
+            Close::Eof
+        ))
+    })
     .await;
 }
 
 #[tokio::test]
 async fn stale_seq() {
-    case(
+    case_with(
         "stale seq",
         |config| {
             config.connection.reorder_mut().set_window(4).unwrap();
@@ -796,9 +819,7 @@ async fn stale_seq() {
                 let pong = raw.recv().await;
                 assert_eq!(pong.rid, format!("p{seq}"));
             }
-            let error = raw.fatal().await;
-            assert_eq!(error.code, 400);
-            assert_eq!(error.message, "stale seq 1: expected 6 or later");
+            let error = raw.fatal_is(400, "stale seq 1: expected 6 or later").await;
             Observed::saw(format!(
                 "6 pongs, then {}, then {} (window 4)",
                 show(&error),
@@ -812,7 +833,7 @@ async fn stale_seq() {
 #[tokio::test]
 async fn seq_gap_held_past_the_timeout() {
     const GAP: Duration = Duration::from_millis(500);
-    case(
+    case_with(
         "seq gap held past the timeout",
         |config| {
             config
@@ -854,7 +875,6 @@ async fn seq_gap_held_past_the_timeout() {
 async fn more_out_of_order_envelopes_than_the_window() {
     case(
         "more out-of-order envelopes than the window",
-        |_| {},
         |ctx| async move {
             let mut raw = Raw::connect(&ctx.addr).await;
             let window = openiap_wire::reorder::DEFAULT_WINDOW as i32;
@@ -864,12 +884,12 @@ async fn more_out_of_order_envelopes_than_the_window() {
                 bytes.extend_from_slice(&ping_at(seq));
             }
             raw.write(&bytes).await;
-            let error = raw.fatal().await;
-            assert_eq!(error.code, 400);
-            assert_eq!(
-                error.message,
-                format!("seq {window} is too far ahead of expected seq 0, window {window}")
-            );
+            let error = raw
+                .fatal_is(
+                    400,
+                    format!("seq {window} is too far ahead of expected seq 0, window {window}"),
+                )
+                .await;
             Observed::saw(format!("no pong, {}, then {}", show(&error), Close::Eof))
         },
     )
@@ -882,40 +902,23 @@ async fn more_out_of_order_envelopes_than_the_window() {
 async fn stream_chunk_with_no_beginstream() {
     case(
         "stream chunk with no BeginStream",
-        |_| {},
         |ctx| async move {
-            let mut raw = Raw::connect(&ctx.addr).await;
-            raw.signin().await;
+            let mut raw = ctx.signed_in().await;
             // In an upload: the chunk comes before the begin.
             let id = raw.upload_request("early.bin").await;
             raw.chunk(&id, b"too early").await;
             raw.end(&id).await;
-            let in_upload = raw.error_for(&id).await;
-            assert_eq!(in_upload.code, 400);
-            assert_eq!(
-                in_upload.message,
-                format!("stream `{id}` got a part before its beginstream")
-            );
+            let in_upload = raw.error_is(&id, 400, format!("stream `{id}` got a part before its beginstream")).await;
             raw.still_open().await;
             // For no upload at all.
             raw.chunk("nosuchupload", b"stray").await;
-            let stray = raw.error_for("nosuchupload").await;
-            assert_eq!(stray.code, 400);
-            assert_eq!(
-                stray.message,
-                "stream part for rid `nosuchupload`, which has no stream"
-            );
+            let stray = raw.error_is("nosuchupload", 400, "stream part for rid `nosuchupload`, which has no stream").await;
             raw.still_open().await;
             // A beginstream that belongs to no upload.
             raw.begin("notanupload", "").await;
             raw.chunk("notanupload", b"dropped").await;
             raw.end("notanupload").await;
-            let begin = raw.error_for("notanupload").await;
-            assert_eq!(begin.code, 400);
-            assert_eq!(
-                begin.message,
-                "beginstream for rid \"notanupload\", which is not an upload"
-            );
+            let begin = raw.error_is("notanupload", 400, "beginstream for rid \"notanupload\", which is not an upload").await;
             raw.still_open().await;
             Observed::saw(format!(
                 "in an upload: {}; for no upload: {}; a beginstream for no upload: {}; connection stays open",
@@ -930,71 +933,58 @@ async fn stream_chunk_with_no_beginstream() {
 
 #[tokio::test]
 async fn second_beginstream() {
-    case(
-        "second BeginStream",
-        |_| {},
-        |ctx| async move {
-            let mut raw = Raw::connect(&ctx.addr).await;
-            raw.signin().await;
-            let id = raw.upload_request("twice.bin").await;
-            raw.begin(&id, "").await;
-            // Large enough that a leftover in tmp/ would show.
-            raw.chunk(&id, &noise(200_000, 2)).await;
-            raw.begin(&id, "").await;
-            raw.chunk(&id, b"two").await;
-            raw.end(&id).await;
-            let error = raw.error_for(&id).await;
-            assert_eq!(error.code, 400);
-            assert_eq!(
-                error.message,
-                format!("stream `{id}` got a second beginstream")
-            );
-            raw.still_open().await;
-            assert!(
-                ctx.tmp_bytes() < GOOD_TMP_MAX,
-                "{} bytes in tmp/",
-                ctx.tmp_bytes()
-            );
-            Observed::saw(format!(
-                "{} (later parts dropped unanswered), connection stays open",
-                show(&error)
-            ))
-        },
-    )
+    case("second BeginStream", |ctx| async move {
+        let mut raw = ctx.signed_in().await;
+        let id = raw.upload_request("twice.bin").await;
+        raw.begin(&id, "").await;
+        // Large enough that a leftover in tmp/ would show.
+        raw.chunk(&id, &noise(200_000, 2)).await;
+        raw.begin(&id, "").await;
+        raw.chunk(&id, b"two").await;
+        raw.end(&id).await;
+        let error = raw
+            .error_is(&id, 400, format!("stream `{id}` got a second beginstream"))
+            .await;
+        raw.still_open().await;
+        ctx.assert_no_hostile_leftover();
+        Observed::saw(format!(
+            "{} (later parts dropped unanswered), connection stays open",
+            show(&error)
+        ))
+    })
     .await;
 }
 
 #[tokio::test]
 async fn chunk_after_endstream() {
-    case(
-        "chunk after EndStream",
-        |_| {},
-        |ctx| async move {
-            let mut raw = Raw::connect(&ctx.addr).await;
-            raw.signin().await;
-            let data = noise(3000, 3);
-            let id = raw.upload("done.bin", &data, &sha256_hex(&data)).await;
-            let reply = raw.recv().await;
-            assert_eq!(
-                (reply.command.as_str(), reply.rid.as_str()),
-                ("uploadreply", id.as_str())
-            );
-            let stored = unpack::<UploadResponse>(&reply, Validation::Strict).unwrap();
-            assert_eq!(stored.bytes, 3000);
-            raw.chunk(&id, b"late").await;
-            let error = raw.error_for(&id).await;
-            assert_eq!(error.code, 400);
-            assert_eq!(error.message, format!("stream `{id}` got a part after its endstream"));
-            raw.still_open().await;
-            Observed {
-                what: format!(
-                    "uploadreply (3000 bytes stored, unchanged), late chunk: {}, connection stays open",
-                    show(&error)
-                ),
-                stored: vec![(stored.id, data)],
-            }
-        },
-    )
+    case("chunk after EndStream", |ctx| async move {
+        let mut raw = ctx.signed_in().await;
+        let data = noise(3000, 3);
+        let id = raw.upload("done.bin", &data, &sha256_hex(&data)).await;
+        let reply = raw.recv().await;
+        assert_eq!(
+            (reply.command.as_str(), reply.rid.as_str()),
+            ("uploadreply", id.as_str())
+        );
+        let stored = unpack::<UploadResponse>(&reply, Validation::Strict).unwrap();
+        assert_eq!(stored.bytes, 3000);
+        raw.chunk(&id, b"late").await;
+        let error = raw
+            .error_is(
+                &id,
+                400,
+                format!("stream `{id}` got a part after its endstream"),
+            )
+            .await;
+        raw.still_open().await;
+        Observed {
+            what: format!(
+                "uploadreply (3000 bytes stored, unchanged), late chunk: {}, connection stays open",
+                show(&error)
+            ),
+            stored: vec![(stored.id, data)],
+        }
+    })
     .await;
 }
 
@@ -1002,24 +992,17 @@ async fn chunk_after_endstream() {
 async fn checksum_mismatch() {
     case(
         "checksum mismatch",
-        |_| {},
         |ctx| async move {
-            let mut raw = Raw::connect(&ctx.addr).await;
-            raw.signin().await;
+            let mut raw = ctx.signed_in().await;
             let data = noise(300_000, 5);
             let announced = sha256_hex(b"something else");
             let id = raw.upload("bad-sum.bin", &data, &announced).await;
-            let error = raw.error_for(&id).await;
-            assert_eq!(error.code, 422);
-            assert_eq!(
-                error.message,
-                format!(
+            let error = raw.error_is(&id, 422, format!(
                     "stream `{id}` checksum mismatch: beginstream announced {announced}, data hashes to {}",
                     sha256_hex(&data)
-                )
-            );
+                )).await;
             // The temporary file was removed before the answer went out.
-            assert!(ctx.tmp_bytes() < GOOD_TMP_MAX, "{} bytes in tmp/", ctx.tmp_bytes());
+            ctx.assert_no_hostile_leftover();
             raw.still_open().await;
             Observed::saw(format!("{}, connection stays open", show(&error)))
         },
@@ -1031,12 +1014,11 @@ async fn checksum_mismatch() {
 async fn upload_larger_than_the_configured_limit() {
     const LIMIT: u64 = 1024 * 1024;
     const CHUNK: usize = 256 * 1024;
-    case(
+    case_with(
         "upload larger than the configured limit",
         |config| config.max_upload_bytes = Some(LIMIT),
         |ctx| async move {
-            let mut raw = Raw::connect(&ctx.addr).await;
-            raw.signin().await;
+            let mut raw = ctx.signed_in().await;
             let id = raw.upload_request("huge.bin").await;
             raw.begin(&id, "").await;
             let chunk = noise(CHUNK, 11);
@@ -1046,17 +1028,14 @@ async fn upload_larger_than_the_configured_limit() {
                 raw.chunk(&id, &chunk).await;
             }
             raw.end(&id).await;
-            let error = raw.error_for(&id).await;
-            assert_eq!(error.code, 413);
-            assert_eq!(
-                error.message,
-                format!("stream `{id}` would hold 1310720 bytes, the limit is {LIMIT}")
-            );
-            assert!(
-                ctx.tmp_bytes() < GOOD_TMP_MAX,
-                "{} bytes in tmp/",
-                ctx.tmp_bytes()
-            );
+            let error = raw
+                .error_is(
+                    &id,
+                    413,
+                    format!("stream `{id}` would hold 1310720 bytes, the limit is {LIMIT}"),
+                )
+                .await;
+            ctx.assert_no_hostile_leftover();
             raw.still_open().await;
             Observed::saw(format!(
                 "{} at the 5th 256 KiB chunk, temp file already gone, connection stays open",
@@ -1071,10 +1050,8 @@ async fn upload_larger_than_the_configured_limit() {
 async fn hostile_filenames() {
     case(
         "filenames: `..`, absolute paths, NUL, 10,000 characters",
-        |_| {},
         |ctx| async move {
-            let mut raw = Raw::connect(&ctx.addr).await;
-            raw.signin().await;
+            let mut raw = ctx.signed_in().await;
             let data = b"filename test".to_vec();
             let sum = sha256_hex(&data);
             let long = "n".repeat(10_000);
@@ -1138,35 +1115,30 @@ async fn hostile_filenames() {
 
 #[tokio::test]
 async fn download_of_unknown_id() {
-    case(
-        "download of an unknown id",
-        |_| {},
-        |ctx| async move {
-            let mut raw = Raw::connect(&ctx.addr).await;
-            raw.signin().await;
-            let mut seen = Vec::new();
-            for (id, filename) in [
-                ("0123456789abcdef01234567", ""),
-                ("../../jwt.secret", ""),
-                ("", "never-uploaded.bin"),
-            ] {
-                let request = raw
-                    .send(pack(&DownloadRequest {
-                        id: id.into(),
-                        filename: filename.into(),
-                        ..DownloadRequest::default()
-                    }))
-                    .await;
-                let error = raw.error_for(&request).await;
-                assert_eq!(error.code, 404);
-                let asked = if id.is_empty() { filename } else { id };
-                assert_eq!(error.message, format!("no file with id {asked:?}"));
-                seen.push(show(&error));
-            }
-            raw.still_open().await;
-            Observed::saw(format!("{}; connection stays open", seen.join("; ")))
-        },
-    )
+    case("download of an unknown id", |ctx| async move {
+        let mut raw = ctx.signed_in().await;
+        let mut seen = Vec::new();
+        for (id, filename) in [
+            ("0123456789abcdef01234567", ""),
+            ("../../jwt.secret", ""),
+            ("", "never-uploaded.bin"),
+        ] {
+            let request = raw
+                .send(pack(&DownloadRequest {
+                    id: id.into(),
+                    filename: filename.into(),
+                    ..DownloadRequest::default()
+                }))
+                .await;
+            let error = raw.error_for(&request).await;
+            assert_eq!(error.code, 404);
+            let asked = if id.is_empty() { filename } else { id };
+            assert_eq!(error.message, format!("no file with id {asked:?}"));
+            seen.push(show(&error));
+        }
+        raw.still_open().await;
+        Observed::saw(format!("{}; connection stays open", seen.join("; ")))
+    })
     .await;
 }
 
@@ -1174,7 +1146,6 @@ async fn download_of_unknown_id() {
 async fn every_request_command_before_signin() {
     case(
         "every request command before signin",
-        |_| {},
         |ctx| async move {
             let mut raw = Raw::connect(&ctx.addr).await;
             let requests: Vec<_> = commands()
@@ -1233,36 +1204,26 @@ async fn every_request_command_before_signin() {
 
 #[tokio::test]
 async fn wrong_password() {
-    case(
-        "wrong password",
-        |_| {},
-        |ctx| async move {
-            let mut raw = Raw::connect(&ctx.addr).await;
-            let id = raw
-                .send(pack(&SigninRequest {
-                    username: "dev".into(),
-                    password: "not-the-password".into(),
-                    ..SigninRequest::default()
-                }))
-                .await;
-            let error = raw.error_for(&id).await;
-            assert_eq!(error.code, 401);
-            assert_eq!(error.message, "invalid username or password for \"dev\"");
-            // Still signed out.
-            let download = raw
-                .send(pack(&DownloadRequest {
-                    id: "0123456789abcdef01234567".into(),
-                    ..DownloadRequest::default()
-                }))
-                .await;
-            assert_eq!(raw.error_for(&download).await.code, 401);
-            raw.still_open().await;
-            Observed::saw(format!(
-                "{}; a download after it: error 401 (still signed out); connection stays open",
-                show(&error)
-            ))
-        },
-    )
+    case("wrong password", |ctx| async move {
+        let mut raw = Raw::connect(&ctx.addr).await;
+        let id = raw
+            .send(pack(&SigninRequest {
+                username: "dev".into(),
+                password: "not-the-password".into(),
+                ..SigninRequest::default()
+            }))
+            .await;
+        let error = raw
+            .error_is(&id, 401, "invalid username or password for \"dev\"")
+            .await;
+        // Still signed out.
+        raw.assert_signed_out().await;
+        raw.still_open().await;
+        Observed::saw(format!(
+            "{}; a download after it: error 401 (still signed out); connection stays open",
+            show(&error)
+        ))
+    })
     .await;
 }
 
@@ -1277,7 +1238,6 @@ fn alg_none_token() -> String {
 async fn forged_expired_and_alg_none_jwts() {
     case(
         "forged, expired and alg:none JWTs (signin and Envelope.jwt)",
-        |_| {},
         |ctx| async move {
             let dev = Identity {
                 username: "dev".into(),
@@ -1307,12 +1267,7 @@ async fn forged_expired_and_alg_none_jwts() {
                     }))
                     .await;
                 let as_signin = raw.error_for(&signin).await;
-                let mut download = pack(&DownloadRequest {
-                    id: "0123456789abcdef01234567".into(),
-                    ..DownloadRequest::default()
-                });
-                download.jwt = token.clone();
-                let download = raw.send(download).await;
+                let download = raw.download_probe(token).await;
                 let as_envelope = raw.error_for(&download).await;
                 for error in [&as_signin, &as_envelope] {
                     assert_eq!(error.code, 401, "{label}");
@@ -1327,15 +1282,9 @@ async fn forged_expired_and_alg_none_jwts() {
             // Control: the same download with a valid token reaches the
             // store (the file is what is missing), and the connection is
             // still signed out without one.
-            let mut download = pack(&DownloadRequest {
-                id: "0123456789abcdef01234567".into(),
-                ..DownloadRequest::default()
-            });
-            download.jwt = valid;
-            let id = raw.send(download.clone()).await;
+            let id = raw.download_probe(&valid).await;
             assert_eq!(raw.error_for(&id).await.code, 404);
-            download.jwt.clear();
-            let id = raw.send(download).await;
+            let id = raw.download_probe("").await;
             let unsigned = raw.error_for(&id).await;
             assert_eq!(unsigned.code, 401);
             assert!(unsigned.message.starts_with("sign in first"));
@@ -1351,7 +1300,7 @@ async fn forged_expired_and_alg_none_jwts() {
 
 #[tokio::test]
 async fn type_url_naming_another_type_in_strict_mode() {
-    case(
+    case_with(
         "type_url naming another type (strict)",
         |config| {
             config.connection.set_validation(Validation::Strict);
@@ -1367,20 +1316,9 @@ async fn type_url_naming_another_type_in_strict_mode() {
                 any.type_url = "type.googleapis.com/openiap.PingRequest".into();
             }
             let id = raw.send(signin).await;
-            let error = raw.error_for(&id).await;
-            assert_eq!(error.code, 400);
-            assert_eq!(
-                error.message,
-                "command \"signin\" carries type_url \"type.googleapis.com/openiap.PingRequest\", expected openiap.SigninRequest"
-            );
+            let error = raw.error_is(&id, 400, "command \"signin\" carries type_url \"type.googleapis.com/openiap.PingRequest\", expected openiap.SigninRequest").await;
             // Not signed in by it.
-            let download = raw
-                .send(pack(&DownloadRequest {
-                    id: "0123456789abcdef01234567".into(),
-                    ..DownloadRequest::default()
-                }))
-                .await;
-            assert_eq!(raw.error_for(&download).await.code, 401);
+            raw.assert_signed_out().await;
             raw.still_open().await;
             Observed::saw(format!(
                 "{}; not signed in by it; connection stays open (the good client works in strict mode)",
@@ -1464,7 +1402,7 @@ async fn thousand_connections_opened_and_dropped_without_a_word() {
 #[tokio::test]
 async fn slowloris_one_byte_per_second() {
     const FRAME_TIMEOUT: Duration = Duration::from_millis(2500);
-    case(
+    case_with(
         "slowloris: one byte per second",
         |config| {
             config.connection.set_frame_timeout(Some(FRAME_TIMEOUT));

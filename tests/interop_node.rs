@@ -39,6 +39,8 @@
 
 #![cfg(all(unix, feature = "bins"))]
 
+mod support;
+
 use std::fmt;
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
@@ -52,6 +54,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use support::{RemoveOnDrop, gen_bytes, pipe_path};
 
 const SERVER_BIN: &str = env!("CARGO_BIN_EXE_openiap-server");
 const CLIENT_BIN: &str = env!("CARGO_BIN_EXE_openiap-client");
@@ -901,24 +904,6 @@ fn node_default_seed(size: usize) -> u32 {
     0x5eed_u32.wrapping_add(size as u32)
 }
 
-/// `common.genBytes`: xorshift32 from `seed ^ 0x9E3779B9` (1 if 0), each
-/// new state appended as 4 little-endian bytes, cut to `size`.
-fn gen_bytes(size: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed ^ 0x9E37_79B9;
-    if x == 0 {
-        x = 1;
-    }
-    let mut out = Vec::with_capacity(size.saturating_add(4));
-    while out.len() < size {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(size);
-    out
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
@@ -940,10 +925,6 @@ fn unique_id() -> String {
         std::process::id(),
         NEXT_ID.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-fn pipe_path(name: &str) -> PathBuf {
-    PathBuf::from(format!("/tmp/CoreFxPipe_{name}"))
 }
 
 /// A loopback port that was free a moment ago (the Node package turns 0 into 80).
@@ -1160,14 +1141,6 @@ fn run_to_end(command: &mut Command, timeout: Duration) -> Result<String, String
 }
 
 /// Removes a file (a pipe's socket) on drop.
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
 /// A fresh directory under the system temp dir, removed on drop (unless
 /// [`Scratch::keep`] was called) with the extra files registered in it.
 /// Declared before the processes that use it, so it is dropped after them.

@@ -34,10 +34,12 @@
 
 #![cfg(all(feature = "bins", target_os = "linux"))]
 
+mod support;
+
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, ChildStdout};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +53,8 @@ use openiap_wire::proto::{
 use openiap_wire::transport::{BoxTransport, Driver, Endpoint, Status, TransportConfig, connect};
 use sha2::{Digest, Sha256};
 use tokio::sync::Barrier;
+
+use support::{RemoveOnDrop, spawn_server};
 
 const SERVER: &str = env!("CARGO_BIN_EXE_openiap-server");
 const PASSWORD: &str = "load-password";
@@ -109,21 +113,23 @@ struct Tally {
     errors: Vec<String>,
 }
 
+/// `$sum.FIELD += $part.FIELD` for each counter named, and `$part`'s errors
+/// appended to `$sum`'s. The destructure of `$part` names every field of
+/// [`Tally`], so a counter missing from the list does not compile.
+macro_rules! sum_counters {
+    ($sum:tt += $part:tt: $($field:ident)+) => {{
+        let Tally { $($field,)+ errors } = $part;
+        $($sum.$field += $field;)+
+        $sum.errors.extend(errors.iter().cloned());
+    }};
+}
+
 impl Tally {
     fn add(&mut self, other: &Self) {
-        self.requests += other.requests;
-        self.answers += other.answers;
-        self.duplicates += other.duplicates;
-        self.unsolicited += other.unsolicited;
-        self.failed += other.failed;
-        self.seq_mismatches += other.seq_mismatches;
-        self.wrong_answers += other.wrong_answers;
-        self.envelopes += other.envelopes;
-        self.uploads += other.uploads;
-        self.downloads += other.downloads;
-        self.bytes += other.bytes;
-        self.checksum_failures += other.checksum_failures;
-        self.errors.extend(other.errors.iter().cloned());
+        sum_counters! { self += other:
+            requests answers duplicates unsolicited failed seq_mismatches wrong_answers
+            envelopes uploads downloads bytes checksum_failures
+        }
     }
 }
 
@@ -521,16 +527,7 @@ impl LoadClient {
 
 /// Deterministic content (xorshift64) for transfer `seed`.
 fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    support::xorshift64_bytes(len, seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
 }
 
 /// Runs `phase` with a time limit, recording its failure.
@@ -621,6 +618,9 @@ struct ServerProc {
     data: PathBuf,
     log: PathBuf,
     _stdout: BufReader<ChildStdout>,
+    /// The pipe listener's Unix socket, which the server killed on drop
+    /// cannot remove; removed after the kill, on a panic too.
+    _pipe: RemoveOnDrop,
 }
 
 impl ServerProc {
@@ -631,43 +631,19 @@ impl ServerProc {
         let data = root.join("data");
         let log = root.join("server.log");
         let pipe = format!("openiap-load-{tag}-{}", std::process::id());
-        let mut child = Command::new(SERVER)
-            .args(["--grpc", "127.0.0.1:0", "--socket", "127.0.0.1:0"])
-            .args(["--http", "127.0.0.1:0", "--pipe", &pipe])
-            .arg("--data")
-            .arg(&data)
-            .args(["--dev-password", PASSWORD])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut endpoints = Vec::new();
-        while endpoints.len() < TRANSPORTS.len() {
-            let mut line = String::new();
-            if stdout.read_line(&mut line).unwrap() == 0 {
-                let _ = child.kill();
-                panic!(
-                    "server ended before listing its endpoints:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            let mut words = line.split_whitespace();
-            if let (Some("listening"), Some(transport), Some(url)) =
-                (words.next(), words.next(), words.next())
-                && TRANSPORTS.contains(&transport)
-            {
-                endpoints.push(url.parse().unwrap());
-            }
-        }
+        let started = spawn_server(SERVER, &pipe, &data, PASSWORD, "warn", &log);
+        let endpoints = started
+            .urls
+            .iter()
+            .map(|(_, url)| url.parse().unwrap())
+            .collect();
         Self {
-            child,
+            child: started.child,
             endpoints,
             data,
             log,
-            _stdout: stdout,
+            _stdout: started.stdout,
+            _pipe: started.pipe_file,
         }
     }
 

@@ -13,6 +13,8 @@
     feature = "transport-rest"
 ))]
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -95,16 +97,7 @@ impl Drop for TestServer {
 
 /// Deterministic test content (xorshift32), so no two files look alike.
 fn content(len: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 4);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    support::xorshift32_bytes(len, seed | 1)
 }
 
 fn write_temp(server: &TestServer, name: &str, data: &[u8]) -> PathBuf {

@@ -4,6 +4,8 @@
 //! arbitrary pieces, into exactly the envelopes its manifest lists, and the
 //! payloads must decode to what the Node peer sent.
 
+mod support;
+
 use std::collections::BTreeSet;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -15,6 +17,7 @@ use openiap_wire::{
 };
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use support::gen_bytes;
 
 const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/vectors");
 const FILES: [&str; 8] = [
@@ -44,23 +47,6 @@ fn read_vector(name: &str) -> Bytes {
 
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
-}
-
-/// The capture's deterministic content generator (shared/vectors/README.md).
-fn gen_bytes(size: usize, seed: u32) -> Vec<u8> {
-    let mut x = seed ^ 0x9E37_79B9;
-    if x == 0 {
-        x = 1;
-    }
-    let mut out = Vec::with_capacity(size + 4);
-    while out.len() < size {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(size);
-    out
 }
 
 /// Tiny deterministic PRNG for split points (no dependency on test order).

@@ -5,6 +5,7 @@
 
 const crypto = require("crypto");
 const net = require("net");
+const path = require("path");
 const util = require("util");
 
 /** The only host the harness binds to or prints in a URL. */
@@ -22,7 +23,8 @@ class UsageError extends Error {
 
 /**
  * Parses `--name value` / `--flag` arguments against a spec.
- * spec: { name: { kind: "string" | "int" | "flag", default?, required?, min?, max?, choices? } }
+ * spec: { name: { kind: "string" | "int" | "flag", meta?, default?, required?, min?, max?, choices? } }
+ * (meta: the value's placeholder in the usage line.)
  * Returns an object keyed by the camelCased name. Throws UsageError on anything unexpected.
  */
 function parseArgs(argv, spec) {
@@ -61,6 +63,38 @@ function parseArgs(argv, spec) {
     }
   }
   return out;
+}
+
+/**
+ * The usage line of `script` from its spec, options in spec order: a required option bare, any
+ * other in brackets; a value shown as its `meta` placeholder, or its choices joined by "|".
+ */
+function usageLine(script, spec) {
+  const parts = Object.entries(spec).map(([name, s]) => {
+    const value = s.kind === "flag" ? "" : ` ${s.choices ? s.choices.join("|") : s.meta}`;
+    return s.required ? `--${name}${value}` : `[--${name}${value}]`;
+  });
+  return `usage: node ${script} ${parts.join(" ")}`;
+}
+
+/**
+ * The command line of harness script `script` (say "node-client.js"): parseArgs(process.argv)
+ * against `spec`, then `check(args)` for the rules a spec cannot state (it throws UsageError).
+ * On a UsageError from either, writes "<script name>: <message>" and the usage line
+ * (usageLine) to stderr and exits with EXIT.USAGE.
+ */
+function cliArgs(script, spec, check = () => {}) {
+  try {
+    const args = parseArgs(process.argv.slice(2), spec);
+    check(args);
+    return args;
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`${path.basename(script, ".js")}: ${e.message}\n${usageLine(script, spec)}\n`);
+      process.exit(EXIT.USAGE);
+    }
+    throw e;
+  }
 }
 
 function camel(name) {
@@ -199,6 +233,8 @@ module.exports = {
   EXIT,
   UsageError,
   parseArgs,
+  usageLine,
+  cliArgs,
   genBytes,
   sha256hex,
   emitLine,

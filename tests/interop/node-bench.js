@@ -32,18 +32,14 @@ const common = require("./common");
 
 const { EXIT, emitJson, errorMessage } = common;
 
-const USAGE =
-  "usage: node node-bench.js --transport socket|pipe|ws|grpc --file PATH [--sha256 HEX] [--pings N] " +
-  "[--runs N] [--ping-seconds S] [--timeout SECONDS]";
-
 const SPEC = {
   transport: { kind: "string", required: true, choices: ["socket", "pipe", "ws", "grpc"] },
-  file: { kind: "string", required: true },
-  sha256: { kind: "string" },
-  pings: { kind: "int", default: 10000, max: 10000000 },
-  runs: { kind: "int", default: 1, min: 1, max: 100 },
-  "ping-seconds": { kind: "int", default: 30, min: 1, max: 86400 },
-  timeout: { kind: "int", default: 900, min: 1, max: 86400 },
+  file: { kind: "string", meta: "PATH", required: true },
+  sha256: { kind: "string", meta: "HEX" },
+  pings: { kind: "int", meta: "N", default: 10000, max: 10000000 },
+  runs: { kind: "int", meta: "N", default: 1, min: 1, max: 100 },
+  "ping-seconds": { kind: "int", meta: "S", default: 30, min: 1, max: 86400 },
+  timeout: { kind: "int", meta: "SECONDS", default: 900, min: 1, max: 86400 },
 };
 
 const TYPE_PREFIX = "type.googleapis.com/openiap.";
@@ -57,17 +53,9 @@ const EVENT_MS = 10000;
 
 function main() {
   common.routeConsoleToStderr();
-  let args;
-  try {
-    args = common.parseArgs(process.argv.slice(2), SPEC);
-    if (!fs.statSync(args.file, { throwIfNoEntry: false })) throw new common.UsageError(`--file ${args.file} does not exist`);
-  } catch (e) {
-    if (e instanceof common.UsageError) {
-      process.stderr.write(`node-bench: ${e.message}\n${USAGE}\n`);
-      process.exit(EXIT.USAGE);
-    }
-    throw e;
-  }
+  const args = common.cliArgs("node-bench.js", SPEC, (a) => {
+    if (!fs.statSync(a.file, { throwIfNoEntry: false })) throw new common.UsageError(`--file ${a.file} does not exist`);
+  });
   const workdir = fs.mkdtempSync(path.join(os.tmpdir(), "openiap-node-bench-"));
   let server = null;
   const finish = (code) => {

@@ -19,19 +19,15 @@ const common = require("./common");
 
 const { EXIT, emitJson, errorMessage } = common;
 
-const USAGE =
-  "usage: node node-client.js --url URL --password PW [--username NAME] [--pings N] [--size BYTES] " +
-  "[--seed N] [--command NAME] [--timeout SECONDS] [--allow-missing-checksum]";
-
 const SPEC = {
-  url: { kind: "string", required: true },
-  username: { kind: "string", default: "harness" },
-  password: { kind: "string", required: true },
-  pings: { kind: "int", default: 3, max: 10000 },
-  size: { kind: "int", default: 1048576, max: 512 * 1024 * 1024 },
-  seed: { kind: "int" },
-  command: { kind: "string", default: "nosuchcommand" },
-  timeout: { kind: "int", default: 60, min: 1, max: 3600 },
+  url: { kind: "string", meta: "URL", required: true },
+  password: { kind: "string", meta: "PW", required: true },
+  username: { kind: "string", meta: "NAME", default: "harness" },
+  pings: { kind: "int", meta: "N", default: 3, max: 10000 },
+  size: { kind: "int", meta: "BYTES", default: 1048576, max: 512 * 1024 * 1024 },
+  seed: { kind: "int", meta: "N" },
+  command: { kind: "string", meta: "NAME", default: "nosuchcommand" },
+  timeout: { kind: "int", meta: "SECONDS", default: 60, min: 1, max: 3600 },
   "allow-missing-checksum": { kind: "flag" },
 };
 
@@ -41,20 +37,12 @@ const GRPC_READY_MS = 10000;
 
 function main() {
   common.routeConsoleToStderr();
-  let args;
-  try {
-    args = common.parseArgs(process.argv.slice(2), SPEC);
-    const scheme = args.url.split(":")[0];
+  const args = common.cliArgs("node-client.js", SPEC, (a) => {
+    const scheme = a.url.split(":")[0];
     if (!["socket", "pipe", "ws", "grpc"].includes(scheme)) {
       throw new common.UsageError(`--url scheme must be socket, pipe, ws or grpc, found '${scheme}'`);
     }
-  } catch (e) {
-    if (e instanceof common.UsageError) {
-      process.stderr.write(`node-client: ${e.message}\n${USAGE}\n`);
-      process.exit(EXIT.USAGE);
-    }
-    throw e;
-  }
+  });
   if (args.seed === undefined) args.seed = 0x5eed + args.size; // as in shared/vectors
 
   const workdir = fs.mkdtempSync(path.join(os.tmpdir(), "openiap-interop-client-"));

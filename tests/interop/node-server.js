@@ -23,18 +23,14 @@ const common = require("./common");
 
 const { LOOPBACK, EXIT, emitLine, emitJson, errorMessage } = common;
 
-const USAGE =
-  "usage: node node-server.js --transport socket|pipe|ws|grpc [--port N] [--pipe NAME] --data DIR " +
-  "--password PW [--username NAME] [--lifetime SECONDS] [--exit-on-stdin-eof]";
-
 const SPEC = {
   transport: { kind: "string", required: true, choices: ["socket", "pipe", "ws", "grpc"] },
-  port: { kind: "int", min: 1, max: 65535 },
-  pipe: { kind: "string", default: "openiap-wire-interop" },
-  data: { kind: "string", required: true },
-  username: { kind: "string", default: "harness" },
-  password: { kind: "string", required: true },
-  lifetime: { kind: "int", default: 300, min: 1, max: 86400 },
+  port: { kind: "int", meta: "N", min: 1, max: 65535 },
+  pipe: { kind: "string", meta: "NAME", default: "openiap-wire-interop" },
+  data: { kind: "string", meta: "DIR", required: true },
+  password: { kind: "string", meta: "PW", required: true },
+  username: { kind: "string", meta: "NAME", default: "harness" },
+  lifetime: { kind: "int", meta: "SECONDS", default: 300, min: 1, max: 86400 },
   "exit-on-stdin-eof": { kind: "flag" },
 };
 
@@ -44,22 +40,14 @@ const TYPE_PREFIX = "type.googleapis.com/openiap.";
 
 function main() {
   common.routeConsoleToStderr();
-  let args;
-  try {
-    args = common.parseArgs(process.argv.slice(2), SPEC);
-    if (args.transport !== "pipe" && args.port === undefined) {
-      throw new common.UsageError(`--port is required for ${args.transport} (port 0 would become 80 in the package)`);
+  const args = common.cliArgs("node-server.js", SPEC, (a) => {
+    if (a.transport !== "pipe" && a.port === undefined) {
+      throw new common.UsageError(`--port is required for ${a.transport} (port 0 would become 80 in the package)`);
     }
-    if (!/^[A-Za-z0-9._-]{1,64}$/.test(args.pipe)) {
-      throw new common.UsageError(`--pipe must be 1-64 characters of [A-Za-z0-9._-], found '${args.pipe}'`);
+    if (!/^[A-Za-z0-9._-]{1,64}$/.test(a.pipe)) {
+      throw new common.UsageError(`--pipe must be 1-64 characters of [A-Za-z0-9._-], found '${a.pipe}'`);
     }
-  } catch (e) {
-    if (e instanceof common.UsageError) {
-      process.stderr.write(`node-server: ${e.message}\n${USAGE}\n`);
-      process.exit(EXIT.USAGE);
-    }
-    throw e;
-  }
+  });
   run(args).catch((e) => {
     emitJson({ event: "fatal", error: errorMessage(e) });
     process.stderr.write(`node-server: ${errorMessage(e)}\n`);
