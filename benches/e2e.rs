@@ -12,7 +12,11 @@
 //! every transport on loopback (TCP ports and a Unix socket). For each run
 //! and transport our client (`openiap_wire::client::bench::measure`, the code
 //! behind `openiap-client bench`) signs in, times sequential pings, uploads
-//! the source file and downloads it again (checksums verified). In the same
+//! the source file and downloads it again (checksums verified); then it
+//! times the same pings against a second server started with
+//! `--worker-threads 1` (one event loop, as the Node server has) and an
+//! upload without the checksum pass (`UploadOptions::checksum(false)`, the
+//! Node package's default). In the same
 //! run: raw loopback baselines with no protocol, over TCP and a Unix socket
 //! (round trips of a 64-byte message to an echo in another process, this
 //! binary's `raw-echo` mode; copies of the same file, with and without
@@ -50,7 +54,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use openiap_wire::client::bench::{self, Measurement};
-use openiap_wire::client::{Client, ClientError};
+use openiap_wire::client::{Client, ClientError, UploadOptions};
 use openiap_wire::server::DEV_USERNAME;
 use openiap_wire::transport::Endpoint;
 
@@ -165,8 +169,18 @@ struct ServerProc {
 
 impl ServerProc {
     /// Starts the server with the `transports` listeners on loopback (port
-    /// 0) and its data in `dir`.
+    /// 0) and its data in `dir`, on its default runtime.
     fn start(dir: &Path, transports: &[&str]) -> Result<Self, Failure> {
+        Self::start_with(dir, transports, None)
+    }
+
+    /// As [`start`](Self::start), with `--worker-threads N` when
+    /// `worker_threads` is given (data and stderr then get their own names).
+    fn start_with(
+        dir: &Path,
+        transports: &[&str],
+        worker_threads: Option<u32>,
+    ) -> Result<Self, Failure> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
@@ -185,6 +199,7 @@ impl ServerProc {
         } else {
             None
         };
+        let suffix = worker_threads.map_or(String::new(), |n| format!("-threads-{n}"));
         let mut command = Command::new(SERVER_BIN);
         command
             .args(["--socket", &on("socket", "127.0.0.1:0".into())])
@@ -192,13 +207,18 @@ impl ServerProc {
             .args(["--grpc", &on("grpc", "127.0.0.1:0".into())])
             .args(["--pipe", &on("pipe", pipe)])
             .arg("--data")
-            .arg(dir.join("server-data"))
+            .arg(dir.join(format!("server-data{suffix}")))
             .args(["--dev-password", &password])
             .env("RUST_LOG", "warn")
             .env_remove("OPENIAP_JWT_SECRET")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.join("server.stderr"))?);
+            .stderr(std::fs::File::create(
+                dir.join(format!("server{suffix}.stderr")),
+            )?);
+        if let Some(n) = worker_threads {
+            command.args(["--worker-threads", &n.to_string()]);
+        }
         let mut child = command.spawn()?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let (tx, rx) = mpsc::channel();
@@ -621,7 +641,11 @@ fn node_run(
 #[derive(Default)]
 struct Series {
     pings: Vec<f64>,
+    /// Ours only: pings against the server started with `--worker-threads 1`.
+    pings_one_thread: Vec<f64>,
     upload: Vec<f64>,
+    /// Ours only: the upload without the checksum pass.
+    upload_no_checksum: Vec<f64>,
     download: Vec<f64>,
     /// Pings the Node peer sent per run (it may stop early).
     ping_counts: Vec<u64>,
@@ -636,6 +660,7 @@ fn end_to_end(settings: &Settings) -> Result<(), Failure> {
     let sha = bench::file_sha256(&source)?;
     let transports: Vec<&str> = settings.transports.iter().map(String::as_str).collect();
     let server = ServerProc::start(&scratch.0, &transports)?;
+    let server_one = ServerProc::start_with(&scratch.0, &transports, Some(1))?;
     let node_skip = if settings.node {
         node_missing()
     } else {
@@ -675,15 +700,33 @@ fn end_to_end(settings: &Settings) -> Result<(), Failure> {
             if !m.checksum_ok {
                 return Err(format!("{transport}: the downloaded file differs").into());
             }
+            let (ping_time, plain_upload) = rt.block_on(async {
+                let mut client =
+                    signed_in(server_one.url(transport)?, &server_one.password).await?;
+                let ping_time = bench::pings(&mut client, settings.pings).await?;
+                client.close().await?;
+                let mut client = signed_in(url, &server.password).await?;
+                let started = Instant::now();
+                client
+                    .upload_with(&source, &UploadOptions::new().checksum(false))
+                    .await?;
+                let plain_upload = started.elapsed();
+                client.close().await?;
+                Ok::<_, Failure>((ping_time, plain_upload))
+            })?;
+            let pings_one_thread = f64::from(settings.pings) / ping_time.as_secs_f64();
+            let upload_no_checksum = bytes as f64 / MIB / plain_upload.as_secs_f64();
             eprintln!(
-                "run {run}: ours {transport}: {:.0} pings/s, upload {:.1} MiB/s, download {:.1} MiB/s",
+                "run {run}: ours {transport}: {:.0} pings/s ({pings_one_thread:.0} with a 1-thread server), upload {:.1} MiB/s ({upload_no_checksum:.1} without checksum), download {:.1} MiB/s",
                 m.pings_per_s(),
                 m.upload_mib_per_s(),
                 m.download_mib_per_s()
             );
             let series = ours.entry(transport).or_default();
             series.pings.push(m.pings_per_s());
+            series.pings_one_thread.push(pings_one_thread);
             series.upload.push(m.upload_mib_per_s());
+            series.upload_no_checksum.push(upload_no_checksum);
             series.download.push(m.download_mib_per_s());
             if node_skip.is_none() {
                 let row = node_run(
@@ -706,6 +749,7 @@ fn end_to_end(settings: &Settings) -> Result<(), Failure> {
         }
     }
     drop(server);
+    drop(server_one);
     println!(
         "{}",
         report(
@@ -801,7 +845,7 @@ fn report(
         &format!(
             "Sequential ping round trips per second (raw: a {RAW_PING_BYTES}-byte message echoed over the same socket kind, no protocol; ws and gRPC run over TCP):"
         ),
-        "transport | ours | Node | ours / Node | raw round trips | ours / raw",
+        "transport | ours | Node | ours / Node | raw round trips | ours / raw | ours, server on 1 thread | ours (1 thread) / Node | ours (1 thread) / raw",
     );
     for (t, o, n, sock) in rows() {
         let r = raws.round_trips.get(sock).map_or(&[][..], Vec::as_slice);
@@ -816,13 +860,18 @@ fn report(
         } else {
             String::new()
         };
+        let one = &o.pings_one_thread;
         let _ = writeln!(
             out,
-            "| {t} | {} | {:.0} [{}] | {} |",
+            "| {t} | {} | {:.0} [{}] | {} | {:.0} [{}] | **{}** | {} |",
             versus(&o.pings, &n.pings, 0, &counts),
             median(r),
             runs_text(r, 0),
             percent(median(&o.pings), median(r)),
+            median(one),
+            runs_text(one, 0),
+            ratio(median(one), median(&n.pings)),
+            percent(median(one), median(r)),
         );
     }
     table_head(
@@ -875,6 +924,22 @@ fn report(
             percent(down, raw_median(1, sock)),
             percent(up, raw_median(2, sock)),
             percent(down, raw_median(2, sock)),
+        );
+    }
+    table_head(
+        &mut out,
+        "\nUpload without the checksum pass (`UploadOptions::checksum(false)`: `beginstream` carries an empty checksum, the Node package's default), MiB/s, and as a share of the raw copy:",
+        "transport | ours upload, no checksum | ours / Node (Node with checksum) | / raw+fsync | / raw no fsync",
+    );
+    for (t, o, n, sock) in rows() {
+        let up = median(&o.upload_no_checksum);
+        let _ = writeln!(
+            out,
+            "| {t} | {up:.1} [{}] | {} | **{}** | {} |",
+            runs_text(&o.upload_no_checksum, 1),
+            ratio(up, median(&n.upload)),
+            percent(up, raw_median(0, sock)),
+            percent(up, raw_median(1, sock)),
         );
     }
     out
