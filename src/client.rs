@@ -19,13 +19,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use std::collections::VecDeque;
-
-use bytes::Bytes;
-
 use crate::command::{CommandError, Validation};
 use crate::connection::{Connection, ConnectionConfig, Event, Role};
 use crate::envelope::{Envelope, EnvelopeExt, Request};
+use crate::file_io::{ChunkReader, FileWriter};
 use crate::proto::{
     DownloadRequest, DownloadResponse, PingRequest, SigninRequest, SigninResponse, UploadRequest,
     UploadResponse,
@@ -444,11 +441,12 @@ impl Client {
         let begin = sender.begin(digest, None).map_err(crate::Error::from)?;
         self.conn.send(begin, now)?;
         let chunk_size = self.config.connection.stream().chunk_size().get();
-        let mut reader = ChunkReader::new(file, chunk_size);
+        let mut reader = ChunkReader::new(file, chunk_size, UPLOAD_READ_AHEAD);
+        reader.read_ahead();
         let mut sending = true;
         loop {
             while sending && self.conn.queued_transmit() < UPLOAD_SEND_AHEAD {
-                let Some(chunk) = reader.next_ready() else {
+                let Some(chunk) = reader.next_ready().await else {
                     break;
                 };
                 let chunk = chunk.map_err(file_error(path))?;
@@ -525,7 +523,7 @@ impl Client {
             .await
             .map_err(file_error(&temp_path))?;
         let mut temp = TempFile(Some(temp_path.clone()));
-        let mut writer = FileWriter::new(file);
+        let mut writer = FileWriter::new(file, DOWNLOAD_SYNC_EVERY);
         let request = DownloadRequest {
             id: id.to_owned(),
             ..DownloadRequest::default()
@@ -713,191 +711,6 @@ fn open_and_hash(path: &Path) -> std::io::Result<(std::fs::File, [u8; 32], u64)>
     }
     file.rewind()?;
     Ok((file, hasher.finalize().into(), total))
-}
-
-/// Reads up to `size` bytes (less only at the end of the file), straight
-/// into the chunk's own allocation.
-fn read_chunk(file: &mut std::fs::File, size: usize) -> std::io::Result<Bytes> {
-    use std::io::Read;
-    let mut chunk = Vec::with_capacity(size);
-    file.take(size as u64).read_to_end(&mut chunk)?;
-    Ok(Bytes::from(chunk))
-}
-
-/// An upload's chunks, read ahead on the blocking pool one at a time; an
-/// empty chunk is the end of the file.
-struct ChunkReader {
-    /// The file, while no read is in flight.
-    file: Option<std::fs::File>,
-    reading: Option<tokio::task::JoinHandle<(std::fs::File, std::io::Result<Bytes>)>>,
-    ready: VecDeque<std::io::Result<Bytes>>,
-    size: usize,
-    done: bool,
-}
-
-impl ChunkReader {
-    fn new(file: std::fs::File, size: usize) -> Self {
-        let mut reader = Self {
-            file: Some(file),
-            reading: None,
-            ready: VecDeque::new(),
-            size,
-            done: false,
-        };
-        reader.read_ahead();
-        reader
-    }
-
-    /// Starts the next read unless one is in flight, enough are ready, or
-    /// the end was reached.
-    fn read_ahead(&mut self) {
-        if self.reading.is_some() || self.done || self.ready.len() >= UPLOAD_READ_AHEAD {
-            return;
-        }
-        let Some(mut file) = self.file.take() else {
-            return;
-        };
-        let size = self.size;
-        self.reading = Some(tokio::task::spawn_blocking(move || {
-            let chunk = read_chunk(&mut file, size);
-            (file, chunk)
-        }));
-    }
-
-    fn is_reading(&self) -> bool {
-        self.reading.is_some()
-    }
-
-    fn next_ready(&mut self) -> Option<std::io::Result<Bytes>> {
-        self.ready.pop_front()
-    }
-
-    /// Waits for the read in flight (cancel-safe: a dropped wait leaves the
-    /// read in flight) and starts the next one.
-    async fn wait(&mut self) {
-        let Some(reading) = &mut self.reading else {
-            return;
-        };
-        let joined = reading.await;
-        self.reading = None;
-        let chunk = match joined {
-            Ok((file, chunk)) => {
-                self.file = Some(file);
-                chunk
-            }
-            Err(join) => Err(std::io::Error::other(join)),
-        };
-        self.done = chunk.as_ref().map_or(true, Bytes::is_empty);
-        self.ready.push_back(chunk);
-        self.read_ahead();
-    }
-}
-
-/// A write on the blocking pool; it hands the file back.
-type PendingWrite = tokio::task::JoinHandle<(std::fs::File, std::io::Result<()>)>;
-
-/// A download's file, written on the blocking pool while the connection
-/// goes on receiving: one write (of every chunk queued) in flight at a
-/// time, and a write-back of the data so far every
-/// [`DOWNLOAD_SYNC_EVERY`] bytes.
-struct FileWriter {
-    /// The file, while no write is in flight.
-    file: Option<std::fs::File>,
-    queued: Vec<Bytes>,
-    queued_bytes: usize,
-    /// The write in flight and its size.
-    writing: Option<(usize, PendingWrite)>,
-    syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    written: u64,
-    synced: u64,
-}
-
-impl FileWriter {
-    fn new(file: std::fs::File) -> Self {
-        Self {
-            file: Some(file),
-            queued: Vec::new(),
-            queued_bytes: 0,
-            writing: None,
-            syncing: None,
-            written: 0,
-            synced: 0,
-        }
-    }
-
-    /// Bytes received and not yet written.
-    fn backlog(&self) -> usize {
-        self.queued_bytes + self.writing.as_ref().map_or(0, |(bytes, _)| *bytes)
-    }
-
-    fn is_writing(&self) -> bool {
-        self.writing.is_some()
-    }
-
-    fn push(&mut self, data: Bytes) {
-        self.queued_bytes += data.len();
-        self.queued.push(data);
-        self.start();
-    }
-
-    /// Starts writing what is queued unless a write is in flight, and a
-    /// write-back when enough was written since the last one.
-    fn start(&mut self) {
-        if self.writing.is_some() || self.queued.is_empty() {
-            return;
-        }
-        let Some(mut file) = self.file.take() else {
-            return;
-        };
-        if self.syncing.as_ref().is_none_or(|s| s.is_finished())
-            && self.written - self.synced >= DOWNLOAD_SYNC_EVERY
-            && let Ok(clone) = file.try_clone()
-        {
-            // A failed write-back shows again in the final sync.
-            self.synced = self.written;
-            self.syncing = Some(tokio::task::spawn_blocking(move || clone.sync_data()));
-        }
-        let chunks = std::mem::take(&mut self.queued);
-        let bytes = std::mem::take(&mut self.queued_bytes);
-        let handle = tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            let written = chunks.iter().try_for_each(|chunk| file.write_all(chunk));
-            (file, written)
-        });
-        self.writing = Some((bytes, handle));
-    }
-
-    /// Waits for the write in flight (cancel-safe) and starts the next.
-    async fn wait(&mut self) -> std::io::Result<()> {
-        let Some((bytes, writing)) = &mut self.writing else {
-            return Ok(());
-        };
-        let bytes = *bytes;
-        let joined = writing.await;
-        self.writing = None;
-        let (file, written) = joined.map_err(std::io::Error::other)?;
-        self.file = Some(file);
-        written?;
-        self.written += bytes as u64;
-        self.start();
-        Ok(())
-    }
-
-    /// Writes everything, then syncs the file to disk.
-    async fn finish(mut self) -> std::io::Result<()> {
-        while self.writing.is_some() {
-            self.wait().await?;
-        }
-        if let Some(syncing) = self.syncing.take() {
-            // Only a head start for the sync below, which reports errors.
-            let _ = syncing.await;
-        }
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| std::io::Error::other("the download file was lost"))?;
-        blocking(move || file.sync_all()).await
-    }
 }
 
 /// The measurements behind `openiap-client bench` and `benches/e2e.rs`:

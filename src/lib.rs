@@ -16,6 +16,8 @@ pub mod view;
 pub mod client;
 #[cfg(feature = "codec")]
 pub mod codec;
+#[cfg(any(feature = "client", feature = "server"))]
+pub(crate) mod file_io;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "transport")]

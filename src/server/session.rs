@@ -30,6 +30,7 @@ use super::store::{FileMeta, PendingUpload, UPLOAD_WRITE_BEHIND};
 use crate::command::Payload;
 use crate::connection::{Connection, Event, Role};
 use crate::envelope::Envelope;
+use crate::file_io::ChunkReader;
 use crate::proto::{
     DownloadRequest, DownloadResponse, ErrorResponse, SigninRequest, SigninResponse, Stat,
     UploadRequest, UploadResponse, User,
@@ -71,87 +72,6 @@ struct Download {
     meta: FileMeta,
     reader: ChunkReader,
     sender: StreamSender,
-}
-
-/// Reads up to `size` bytes (less only at the end of the file), straight
-/// into the chunk's own allocation (no zeroing, no second copy).
-fn read_chunk(file: &mut std::fs::File, size: usize) -> std::io::Result<Bytes> {
-    use std::io::Read;
-    let mut chunk = Vec::with_capacity(size);
-    file.take(size as u64).read_to_end(&mut chunk)?;
-    Ok(Bytes::from(chunk))
-}
-
-/// A download's chunks, read on the blocking pool one at a time while
-/// earlier ones are sent; an empty chunk is the end of the file.
-struct ChunkReader {
-    /// The file, while no read is in flight.
-    file: Option<std::fs::File>,
-    reading: Option<tokio::task::JoinHandle<(std::fs::File, std::io::Result<Bytes>)>>,
-    ready: VecDeque<std::io::Result<Bytes>>,
-    size: usize,
-    done: bool,
-}
-
-impl ChunkReader {
-    fn new(file: std::fs::File, size: usize) -> Self {
-        Self {
-            file: Some(file),
-            reading: None,
-            ready: VecDeque::new(),
-            size,
-            done: false,
-        }
-    }
-
-    /// Starts the next read unless one is in flight, enough are ready, or
-    /// the end was reached.
-    fn read_ahead(&mut self) {
-        if self.reading.is_some() || self.done || self.ready.len() >= DOWNLOAD_READ_AHEAD {
-            return;
-        }
-        let Some(mut file) = self.file.take() else {
-            return;
-        };
-        let size = self.size;
-        self.reading = Some(tokio::task::spawn_blocking(move || {
-            let chunk = read_chunk(&mut file, size);
-            (file, chunk)
-        }));
-    }
-
-    fn is_reading(&self) -> bool {
-        self.reading.is_some()
-    }
-
-    /// The next chunk when it is ready; a read that finished meanwhile is
-    /// collected first.
-    async fn next_ready(&mut self) -> Option<std::io::Result<Bytes>> {
-        if self.ready.is_empty() && self.reading.as_ref().is_some_and(|r| r.is_finished()) {
-            self.wait().await;
-        }
-        self.ready.pop_front()
-    }
-
-    /// Waits for the read in flight (cancel-safe: a dropped wait leaves the
-    /// read in flight) and starts the next one.
-    async fn wait(&mut self) {
-        let Some(reading) = &mut self.reading else {
-            return;
-        };
-        let joined = reading.await;
-        self.reading = None;
-        let chunk = match joined {
-            Ok((file, chunk)) => {
-                self.file = Some(file);
-                chunk
-            }
-            Err(join) => Err(std::io::Error::other(join)),
-        };
-        self.done = chunk.as_ref().map_or(true, Bytes::is_empty);
-        self.ready.push_back(chunk);
-        self.read_ahead();
-    }
 }
 
 pub(super) struct Session {
@@ -533,7 +453,7 @@ impl Session {
             Err(e) => return self.reply_error(&envelope, e.to_string(), 404),
         };
         let chunk_size = self.shared.connection.stream().chunk_size().get();
-        let reader = ChunkReader::new(file, chunk_size);
+        let reader = ChunkReader::new(file, chunk_size, DOWNLOAD_READ_AHEAD);
         let mut sender = match self.conn.stream_sender(&envelope.id) {
             Ok(sender) => sender,
             Err(e) => return self.reply_error(&envelope, e.to_string(), e.code()),

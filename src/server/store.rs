@@ -36,9 +36,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
-use tokio::task::JoinHandle;
 
 use super::auth::random_bytes;
+use crate::file_io::FileWriter;
 
 /// Longest filename accepted, in bytes (the common file system limit).
 pub const MAX_FILENAME_LEN: usize = 255;
@@ -261,16 +261,10 @@ impl FileStore {
         };
         Ok(PendingUpload {
             dir: Some(dir),
-            file: Some(file),
-            queued: Vec::new(),
-            queued_bytes: 0,
-            writing: None,
-            syncing: None,
+            writer: FileWriter::new(file, UPLOAD_SYNC_EVERY),
             filename,
             mimetype,
             bytes: 0,
-            written: 0,
-            synced: 0,
             files: self.files.clone(),
         })
     }
@@ -344,35 +338,24 @@ impl FileStore {
     }
 }
 
-/// A write of queued chunks on the blocking pool; it hands the file back.
-type PendingWrite = JoinHandle<(std::fs::File, io::Result<()>)>;
-
 /// An upload being written. Dropping it without
 /// [`commit`](Self::commit) removes its temporary directory.
 ///
-/// Chunks are written behind: [`write`](Self::write) queues the chunk's
-/// own bytes (no copy) and one write of everything queued runs at a time
-/// on the blocking pool, with `std::fs` (tokio's file would copy every
-/// chunk into a buffer of its own). At most [`UPLOAD_WRITE_BEHIND`] bytes
+/// Chunks are written behind (by the crate's file writer, shared with the
+/// client's download): [`write`](Self::write) queues the chunk's own bytes
+/// (no copy) and one write of everything queued runs at a time on the
+/// blocking pool, with `std::fs` (tokio's file would copy every chunk into
+/// a buffer of its own). At most [`UPLOAD_WRITE_BEHIND`] bytes
 /// wait for the disk; every [`UPLOAD_SYNC_EVERY`] bytes a background
 /// `fdatasync` starts.
 pub struct PendingUpload {
     dir: Option<PathBuf>,
-    /// The content file, while no write is in flight.
-    file: Option<std::fs::File>,
-    queued: Vec<Bytes>,
-    queued_bytes: usize,
-    /// The write in flight and its size.
-    writing: Option<(usize, PendingWrite)>,
-    syncing: Option<JoinHandle<io::Result<()>>>,
+    /// The content file, written behind.
+    writer: FileWriter,
     filename: String,
     mimetype: String,
     /// Bytes received ([`write`](Self::write) calls).
     bytes: u64,
-    /// Bytes on their way to the disk (writes finished).
-    written: u64,
-    /// `written` when the last background write-back started.
-    synced: u64,
     files: PathBuf,
 }
 
@@ -401,7 +384,7 @@ impl PendingUpload {
 
     /// Bytes received and not yet written.
     pub fn backlog(&self) -> usize {
-        self.queued_bytes + self.writing.as_ref().map_or(0, |(bytes, _)| *bytes)
+        self.writer.backlog()
     }
 
     /// The temporary directory (for tests and logs).
@@ -420,46 +403,14 @@ impl PendingUpload {
         if self.dir.is_none() {
             return Ok(());
         }
-        if self.writing.as_ref().is_some_and(|(_, w)| w.is_finished()) {
-            self.wait().await?;
-        }
         self.bytes = self
             .bytes
             .saturating_add(u64::try_from(data.len()).unwrap_or(u64::MAX));
-        self.queued_bytes += data.len();
-        self.queued.push(data);
-        self.start();
-        while self.backlog() >= UPLOAD_WRITE_BEHIND {
-            self.wait().await?;
-        }
-        Ok(())
-    }
-
-    /// Starts writing what is queued unless a write is in flight, and a
-    /// background write-back when enough was written since the last one.
-    fn start(&mut self) {
-        if self.writing.is_some() || self.queued.is_empty() {
-            return;
-        }
-        let Some(mut file) = self.file.take() else {
-            return;
-        };
-        if self.syncing.as_ref().is_none_or(JoinHandle::is_finished)
-            && self.written - self.synced >= UPLOAD_SYNC_EVERY
-            && let Ok(clone) = file.try_clone()
-        {
-            // A failed write-back shows again in the sync of commit.
-            self.synced = self.written;
-            self.syncing = Some(tokio::task::spawn_blocking(move || clone.sync_data()));
-        }
-        let chunks = std::mem::take(&mut self.queued);
-        let bytes = std::mem::take(&mut self.queued_bytes);
-        let handle = tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            let written = chunks.iter().try_for_each(|chunk| file.write_all(chunk));
-            (file, written)
-        });
-        self.writing = Some((bytes, handle));
+        let dir = self.dir.clone().unwrap_or_else(|| self.files.clone());
+        self.writer
+            .write_behind(data, UPLOAD_WRITE_BEHIND)
+            .await
+            .map_err(io_at(&dir))
     }
 
     /// Waits for the write in flight, if any (cancel-safe: a dropped wait
@@ -470,22 +421,8 @@ impl PendingUpload {
     ///
     /// The file system failed.
     pub async fn wait(&mut self) -> Result<(), StoreError> {
-        let Some((bytes, writing)) = &mut self.writing else {
-            return Ok(());
-        };
-        let bytes = *bytes;
-        let joined = writing.await;
-        self.writing = None;
         let dir = self.dir.clone().unwrap_or_else(|| self.files.clone());
-        let (file, written) = joined.map_err(|e| StoreError::Io {
-            path: dir.clone(),
-            source: io::Error::other(e),
-        })?;
-        self.file = Some(file);
-        written.map_err(io_at(&dir))?;
-        self.written += bytes as u64;
-        self.start();
-        Ok(())
+        self.writer.wait().await.map_err(io_at(&dir))
     }
 
     /// Publishes the upload under a new id: syncs the content, writes and
@@ -509,19 +446,7 @@ impl PendingUpload {
                 source: io::Error::other("upload already finished"),
             });
         };
-        while self.writing.is_some() {
-            self.wait().await?;
-        }
-        if let Some(syncing) = self.syncing.take() {
-            // Only a head start for the sync below, which reports errors.
-            let _ = syncing.await;
-        }
-        if let Some(file) = self.file.take() {
-            tokio::task::spawn_blocking(move || file.sync_all())
-                .await
-                .unwrap_or_else(|join| Err(io::Error::other(join)))
-                .map_err(io_at(&dir))?;
-        }
+        self.writer.finish().await.map_err(io_at(&dir))?;
         let id = random_hex(12).map_err(io_at(&dir))?;
         let meta = FileMeta {
             id: id.clone(),
@@ -565,19 +490,14 @@ impl PendingUpload {
     /// Abandons the upload and removes what was written (after the write
     /// in flight, if any, returned).
     pub async fn discard(mut self) {
-        if let Some((_, writing)) = self.writing.take() {
-            let _ = writing.await;
-        }
-        self.queued.clear();
-        self.file = None;
+        self.writer.discard().await;
         if let Some(dir) = self.dir.take() {
             let _ = tokio::fs::remove_dir_all(&dir).await;
         }
     }
 
     fn remove_temp(&mut self) {
-        self.queued.clear();
-        self.file = None;
+        self.writer.close();
         if let Some(dir) = self.dir.take() {
             let _ = std::fs::remove_dir_all(&dir);
         }
