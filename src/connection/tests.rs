@@ -939,6 +939,37 @@ fn send_chunk_refuses_what_the_sender_or_the_frame_limit_refuses() {
     assert_eq!(conn.queued_transmit(), 1);
 }
 
+/// Everything `conn` transmits through `poll_transmit_vectored`, as the
+/// bytes a vectored writer would send, and the payloads it handed out.
+fn drain_vectored(conn: &mut Connection) -> (Vec<u8>, Vec<Bytes>) {
+    let mut wire = Vec::new();
+    let mut handed = Vec::new();
+    loop {
+        let mut head = BytesMut::new();
+        let data = conn.poll_transmit_vectored(&mut head);
+        wire.extend_from_slice(&head);
+        match data {
+            Some(data) => {
+                wire.extend_from_slice(&data);
+                handed.push(data);
+            }
+            None if head.is_empty() => return (wire, handed),
+            None => {}
+        }
+    }
+}
+
+/// Everything `conn` transmits through `poll_transmit`.
+fn drain_transmit(conn: &mut Connection) -> Vec<u8> {
+    let mut wire = Vec::new();
+    while conn.has_transmit() {
+        let mut batch = BytesMut::new();
+        conn.poll_transmit(&mut batch);
+        wire.extend_from_slice(&batch);
+    }
+    wire
+}
+
 #[test]
 fn vectored_transmit_writes_the_same_bytes_without_copying_chunks() {
     let now = Instant::now();
@@ -951,30 +982,13 @@ fn vectored_transmit_writes_the_same_bytes_without_copying_chunks() {
             .unwrap();
         conn.request(&PingRequest {}, now).unwrap();
     }
-    let mut vectored = Vec::new();
-    let mut chunks = 0;
-    loop {
-        let mut head = BytesMut::new();
-        let data = a.poll_transmit_vectored(&mut head);
-        vectored.extend_from_slice(&head);
-        match data {
-            Some(data) => {
-                let range = file.as_ptr_range();
-                assert!(range.contains(&data.as_ptr()), "a slice of the file");
-                vectored.extend_from_slice(&data);
-                chunks += 1;
-            }
-            None if head.is_empty() => break,
-            None => {}
-        }
+    let (vectored, handed) = drain_vectored(&mut a);
+    let copied = drain_transmit(&mut b);
+    let range = file.as_ptr_range();
+    for data in &handed {
+        assert!(range.contains(&data.as_ptr()), "a slice of the file");
     }
-    let mut copied = Vec::new();
-    while b.has_transmit() {
-        let mut batch = BytesMut::new();
-        b.poll_transmit(&mut batch);
-        copied.extend_from_slice(&batch);
-    }
-    assert_eq!(chunks, 3);
+    assert_eq!(handed.len(), 3);
     assert_eq!(vectored.len(), copied.len());
     let first_difference = vectored.iter().zip(copied.iter()).position(|(x, y)| x != y);
     assert_eq!(first_difference, None);
@@ -1002,29 +1016,10 @@ fn vectored_transmit_hands_out_large_envelope_payloads_unless_fields_follow() {
         conn.send(reply("j", value.clone()), now).unwrap();
         conn.send(reply("", value.slice(1..)), now).unwrap();
     }
-    let mut vectored = Vec::new();
-    let mut handed = Vec::new();
-    loop {
-        let mut head = BytesMut::new();
-        let data = a.poll_transmit_vectored(&mut head);
-        vectored.extend_from_slice(&head);
-        match data {
-            Some(data) => {
-                vectored.extend_from_slice(&data);
-                handed.push(data);
-            }
-            None if head.is_empty() => break,
-            None => {}
-        }
-    }
+    let (vectored, handed) = drain_vectored(&mut a);
     assert_eq!(handed.len(), 1);
     assert_eq!(handed[0].as_ptr(), value.as_ptr(), "not copied");
     assert_eq!(handed[0].len(), VECTORED_PAYLOAD);
-    let mut copied = Vec::new();
-    while b.has_transmit() {
-        let mut batch = BytesMut::new();
-        b.poll_transmit(&mut batch);
-        copied.extend_from_slice(&batch);
-    }
+    let copied = drain_transmit(&mut b);
     assert!(vectored == copied, "same bytes as poll_transmit");
 }
