@@ -273,6 +273,22 @@ impl Connection {
         self.accept(envelope, seq, size, now)
     }
 
+    /// Feeds one whole envelope body from a transport that frames messages
+    /// itself (one gRPC message): the same path as a frame off a byte
+    /// stream, through the borrowed [`EnvelopeView`], so an envelope that
+    /// arrives in seq order is dispatched without an owned decode.
+    ///
+    /// # Errors
+    ///
+    /// As [`handle_bytes`](Self::handle_bytes), without the framing errors:
+    /// an undecodable envelope or a seq error ends the connection.
+    pub fn handle_body(&mut self, body: Bytes, now: Instant) -> Result<(), Error> {
+        self.check()?;
+        self.last_recv = now;
+        let size = body.len();
+        self.accept_frame(&body, size, now)
+    }
+
     /// The peer closed its side. Pending requests fail with
     /// [`Error::Closed`] and open transfers with `Aborted`.
     ///

@@ -2,7 +2,7 @@
 //! stream as a [`Transport`], and the server that accepts those calls.
 //!
 //! gRPC frames messages itself, so envelopes skip the length prefix and go
-//! straight to [`Connection::handle_envelope`] / come from
+//! straight to [`Connection::handle_body`] / come from
 //! [`Connection::poll_envelope`]; seq is still checked (rustls's `quic.rs`
 //! skips its record layer the same way).
 //!
@@ -17,7 +17,7 @@
 //! to h2 only within the send capacity it grants.
 //!
 //! ```text
-//!   RecvStream DATA ──deframe──► conn.handle_envelope
+//!   RecvStream DATA ──deframe──► conn.handle_body
 //!   SendStream      ◄─encode──── conn.poll_envelope   (within h2's capacity)
 //!
 //!   client:  the h2 connection lives inside the GrpcStream and is polled
@@ -815,16 +815,7 @@ impl GrpcStream {
         let result = loop {
             match self.deframer.next_message(self.max, &mut consumed) {
                 Ok(Some(message)) => {
-                    let envelope = match Envelope::decode(message) {
-                        Ok(envelope) => envelope,
-                        Err(e) => {
-                            break Poll::Ready(Err(TransportError::Grpc(GrpcStatus::new(
-                                GrpcCode::Internal,
-                                format!("invalid Envelope in a gRPC message: {e}"),
-                            ))));
-                        }
-                    };
-                    if let Err(e) = conn.handle_envelope(envelope, now) {
+                    if let Err(e) = conn.handle_body(message, now) {
                         break Poll::Ready(Err(e.into()));
                     }
                     fed += 1;
@@ -1511,18 +1502,57 @@ mod tests {
     /// The status a raw call ended with: from a trailers-only response,
     /// or the trailers after the (ignored) body.
     async fn raw_status(response: h2::client::ResponseFuture) -> GrpcStatus {
+        raw_reply(response).await.1
+    }
+
+    /// The envelopes a raw call got, and the status that ended it.
+    async fn raw_reply(response: h2::client::ResponseFuture) -> (Vec<Envelope>, GrpcStatus) {
         let response = response.await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         if let Some(status) = GrpcStatus::from_headers(response.headers()) {
-            return status;
+            return (Vec::new(), status);
         }
         let mut body = response.into_body();
+        let mut deframer = Deframer::default();
+        let mut envelopes = Vec::new();
         while let Some(chunk) = body.data().await {
             let chunk = chunk.unwrap();
             let _ = body.flow_control().release_capacity(chunk.len());
+            deframer.push(chunk);
+            while let Some(message) = deframer.next_message(usize::MAX, &mut 0).unwrap() {
+                envelopes.push(Envelope::decode(message).unwrap());
+            }
         }
         let trailers = body.trailers().await.unwrap().expect("trailers");
-        GrpcStatus::from_headers(&trailers).expect("a grpc-status")
+        let status = GrpcStatus::from_headers(&trailers).expect("a grpc-status");
+        (envelopes, status)
+    }
+
+    /// Sends `bytes` as the DATA of a raw SetupStream call to a session on
+    /// `server`; what the session ended with, and what the call got.
+    async fn session_fed(
+        server: GrpcServer,
+        bytes: &'static [u8],
+    ) -> (
+        Result<DriveStatus, TransportError>,
+        Vec<Envelope>,
+        GrpcStatus,
+    ) {
+        let addr = server.local_addr();
+        let serving = tokio::spawn(async move {
+            let (stream, _) = server.accept().await.unwrap();
+            let mut driver = Driver::new(stream);
+            let mut conn = connection(Role::Server);
+            run_to_end(&mut driver, &mut conn).await
+        });
+        let (_requests, response, mut send) = raw_call(addr, SETUP_STREAM_PATH).await;
+        send.send_data(Bytes::from_static(bytes), false).unwrap();
+        let served = tokio::time::timeout(Duration::from_secs(10), serving)
+            .await
+            .expect("the session ended without more input")
+            .unwrap();
+        let (envelopes, status) = raw_reply(response).await;
+        (served, envelopes, status)
     }
 
     /// `sizes` requests stamped by a client connection, as gRPC messages.
@@ -1615,25 +1645,14 @@ mod tests {
 
     #[tokio::test]
     async fn compressed_message_is_refused_with_a_status() {
-        let server = server().await;
-        let addr = server.local_addr();
-        let serving = tokio::spawn(async move {
-            let (stream, _) = server.accept().await.unwrap();
-            let mut driver = Driver::new(stream);
-            let mut conn = connection(Role::Server);
-            run_to_end(&mut driver, &mut conn).await
-        });
-        let (_requests, response, mut send) = raw_call(addr, SETUP_STREAM_PATH).await;
-        send.send_data(Bytes::from_static(&[1, 0, 0, 0, 3, 1, 2, 3]), false)
-            .unwrap();
-        match serving.await.unwrap() {
+        let (served, _, status) = session_fed(server().await, &[1, 0, 0, 0, 3, 1, 2, 3]).await;
+        match served {
             Err(TransportError::Grpc(status)) => {
                 assert_eq!(status.code(), GrpcCode::Internal, "{status:?}");
                 assert!(status.message().contains("compressed"), "{status:?}");
             }
             other => panic!("{other:?}"),
         }
-        let status = raw_status(response).await;
         assert_eq!(status.code(), GrpcCode::Internal, "{status:?}");
         assert!(status.message().contains("compressed"), "{status:?}");
     }
@@ -1648,22 +1667,10 @@ mod tests {
 
     #[tokio::test]
     async fn size_limit_is_enforced_from_the_header_before_the_body() {
-        let server = server_with_limit(1024).await;
-        let addr = server.local_addr();
-        let serving = tokio::spawn(async move {
-            let (stream, _) = server.accept().await.unwrap();
-            let mut driver = Driver::new(stream);
-            let mut conn = connection(Role::Server);
-            run_to_end(&mut driver, &mut conn).await
-        });
-        let (_requests, response, mut send) = raw_call(addr, SETUP_STREAM_PATH).await;
-        // A header announcing 1 MiB; none of the body ever follows.
-        send.send_data(Bytes::from_static(&[0, 0, 0x10, 0, 0]), false)
-            .unwrap();
-        let served = tokio::time::timeout(Duration::from_secs(10), serving)
-            .await
-            .expect("refused without waiting for the body")
-            .unwrap();
+        // A header announcing 1 MiB; none of the body ever follows: refused
+        // without waiting for it (`session_fed` allows 10 s).
+        let (served, _, status) =
+            session_fed(server_with_limit(1024).await, &[0, 0, 0x10, 0, 0]).await;
         match served {
             Err(TransportError::Grpc(status)) => {
                 assert_eq!(status.code(), GrpcCode::OutOfRange, "{status:?}");
@@ -1671,9 +1678,28 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let status = raw_status(response).await;
         assert_eq!(status.code(), GrpcCode::OutOfRange, "{status:?}");
         assert!(status.message().contains("1024"), "{status:?}");
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_envelope_ends_the_session_with_an_error_notice() {
+        // A well-formed gRPC message whose body is no Envelope: handled as a
+        // frame body off a byte stream is, connection-fatal and explained.
+        let (served, envelopes, _) =
+            session_fed(server().await, &[0, 0, 0, 0, 3, 0xff, 0xff, 0xff]).await;
+        match served {
+            Err(TransportError::Protocol(crate::Error::Envelope(e))) => {
+                assert!(
+                    matches!(e, crate::envelope::EnvelopeError::Decode(_)),
+                    "{e:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let commands: Vec<&str> = envelopes.iter().map(|e| e.command.as_str()).collect();
+        assert_eq!(commands, ["error"], "{envelopes:?}");
+        assert!(envelopes[0].rid.is_empty());
     }
 
     #[test]

@@ -32,7 +32,7 @@
 //! [`TransportConfig::max_message_size`].
 //!
 //! gRPC frames its own messages: [`GrpcStream`] hands
-//! whole envelopes to [`Connection::handle_envelope`] and takes them from
+//! each message body to [`Connection::handle_body`] and takes envelopes from
 //! [`Connection::poll_envelope`], gRPC-framed over h2 with the message
 //! limit set to the max frame length.
 //!
