@@ -690,27 +690,14 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|join| Err(std::io::Error::other(join)))
 }
 
-/// Read size of the hashing pass: small enough to stay in L2 between the
-/// read and the hash.
-const HASH_BLOCK: usize = 128 * 1024;
-
 /// Opens `path`, hashes it and rewinds it: the file, its SHA-256, its size.
 fn open_and_hash(path: &Path) -> std::io::Result<(std::fs::File, [u8; 32], u64)> {
-    use sha2::{Digest, Sha256};
-    use std::io::{Read, Seek};
+    use std::io::Seek;
     let mut file = std::fs::File::open(path)?;
     let total = file.metadata()?.len();
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; HASH_BLOCK];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(buf.get(..n).unwrap_or_default());
-    }
+    let digest = crate::file_io::sha256_of(&mut file)?;
     file.rewind()?;
-    Ok((file, hasher.finalize().into(), total))
+    Ok((file, digest, total))
 }
 
 /// The measurements behind `openiap-client bench` and `benches/e2e.rs`:
@@ -723,7 +710,7 @@ fn open_and_hash(path: &Path) -> std::io::Result<(std::fs::File, [u8; 32], u64)>
 /// | upload     | [`Client::upload_with`]: hash the file (unless [`UploadOptions::checksum`] is off), send it, `uploadreply` (the server has verified the checksum, if any, and synced the file) | reply |
 /// | download   | [`Client::download`]: chunks to a temp file, checksum checked, file synced and renamed | SHA-256 of the written file, outside the timing |
 pub mod bench {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::path::Path;
     use std::time::{Duration, Instant};
 
@@ -765,19 +752,8 @@ pub mod bench {
     ///
     /// The file cannot be read.
     pub fn file_sha256(path: &Path) -> std::io::Result<String> {
-        use sha2::Digest;
         let mut file = std::fs::File::open(path)?;
-        let mut hasher = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(buf.get(..n).unwrap_or_default());
-        }
-        Ok(hasher
-            .finalize()
+        Ok(crate::file_io::sha256_of(&mut file)?
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect())
