@@ -25,6 +25,16 @@
 //! against `node-server.js`). Medians of the runs and ratios are printed as
 //! Markdown.
 //!
+//! Each run ends with the pinned ping rows: the same sequential pings with
+//! every process of a measurement on one CPU (`taskset -c 0`): a third
+//! server, `openiap-client ping` in its own process, `node-bench.js
+//! --pings-only` with its server as its child, and the raw echo (this
+//! binary's `raw-pings` mode). On this VM a halted vCPU takes long to wake,
+//! and an unpinned round trip wakes one or two (the raw echo's rate alone
+//! moves from about 4,000 to 37,000/s); pinned, a round trip hands the CPU
+//! from one process to the other. Both tables are printed; the rows are
+//! skipped with a message where `taskset` is missing.
+//!
 //! Memory: server RSS (`/proc/<pid>/status`) before and after opening and
 //! signing in many idle socket connections from this process, then every one
 //! of them pings at once; and the server's peak RSS (`VmHWM`) over a large
@@ -59,6 +69,9 @@ use openiap_wire::server::DEV_USERNAME;
 use openiap_wire::transport::Endpoint;
 
 const SERVER_BIN: &str = env!("CARGO_BIN_EXE_openiap-server");
+const CLIENT_BIN: &str = env!("CARGO_BIN_EXE_openiap-client");
+/// The CPU of the pinned ping measurement (`taskset -c`).
+const PIN_CPU: &str = "0";
 const INTEROP_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop");
 const MIB: f64 = 1024.0 * 1024.0;
 /// Read and write size of the raw copies.
@@ -77,6 +90,7 @@ fn main() {
     let settings = Settings::from_env();
     let result = match mode {
         "raw-echo" => raw_echo(words.get(1..).unwrap_or_default()),
+        "raw-pings" => raw_pings_mode(words.get(1..).unwrap_or_default()),
         "e2e" => end_to_end(&settings),
         "memory" => memory(&settings),
         "all" => end_to_end(&settings).and_then(|()| memory(&settings)),
@@ -171,15 +185,17 @@ impl ServerProc {
     /// Starts the server with the `transports` listeners on loopback (port
     /// 0) and its data in `dir`, on its default runtime.
     fn start(dir: &Path, transports: &[&str]) -> Result<Self, Failure> {
-        Self::start_with(dir, transports, None)
+        Self::start_with(dir, transports, None, false)
     }
 
     /// As [`start`](Self::start), with `--worker-threads N` when
-    /// `worker_threads` is given (data and stderr then get their own names).
+    /// `worker_threads` is given, and on CPU [`PIN_CPU`] only when `pinned`
+    /// (data and stderr then get their own names).
     fn start_with(
         dir: &Path,
         transports: &[&str],
         worker_threads: Option<u32>,
+        pinned: bool,
     ) -> Result<Self, Failure> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -199,8 +215,11 @@ impl ServerProc {
         } else {
             None
         };
-        let suffix = worker_threads.map_or(String::new(), |n| format!("-threads-{n}"));
-        let mut command = Command::new(SERVER_BIN);
+        let mut suffix = worker_threads.map_or(String::new(), |n| format!("-threads-{n}"));
+        if pinned {
+            suffix.push_str("-pinned");
+        }
+        let mut command = pinned_if(pinned, SERVER_BIN);
         command
             .args(["--socket", &on("socket", "127.0.0.1:0".into())])
             .args(["--http", &on("ws", "127.0.0.1:0".into())])
@@ -660,7 +679,15 @@ fn end_to_end(settings: &Settings) -> Result<(), Failure> {
     let sha = bench::file_sha256(&source)?;
     let transports: Vec<&str> = settings.transports.iter().map(String::as_str).collect();
     let server = ServerProc::start(&scratch.0, &transports)?;
-    let server_one = ServerProc::start_with(&scratch.0, &transports, Some(1))?;
+    let server_one = ServerProc::start_with(&scratch.0, &transports, Some(1), false)?;
+    let pinning = pinning_available();
+    let server_pinned = match &pinning {
+        Ok(()) => Some(ServerProc::start_with(&scratch.0, &transports, None, true)?),
+        Err(why) => {
+            eprintln!("skipping the pinned ping rows: {why}");
+            None
+        }
+    };
     let node_skip = if settings.node {
         node_missing()
     } else {
@@ -676,6 +703,7 @@ fn end_to_end(settings: &Settings) -> Result<(), Failure> {
     let mut raw_pings: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut ours: BTreeMap<&str, Series> = BTreeMap::new();
     let mut node: BTreeMap<&str, Series> = BTreeMap::new();
+    let mut pinned = Pinned::default();
     for run in 0..settings.runs {
         for (name, sock) in [("tcp", Sock::Tcp), ("unix", Sock::Unix)] {
             let rate = raw_round_trips(sock, settings.pings.max(1), &scratch.0)?;
@@ -747,9 +775,22 @@ fn end_to_end(settings: &Settings) -> Result<(), Failure> {
                 series.ping_counts.push(row.pings);
             }
         }
+        if let Some(pinned_server) = &server_pinned {
+            pinned_pings(
+                settings,
+                run,
+                &transports,
+                pinned_server,
+                node_skip.is_none(),
+                (&source, &sha),
+                &scratch.0,
+                &mut pinned,
+            )?;
+        }
     }
     drop(server);
     drop(server_one);
+    drop(server_pinned);
     println!(
         "{}",
         report(
@@ -764,6 +805,10 @@ fn end_to_end(settings: &Settings) -> Result<(), Failure> {
             node_skip.as_deref()
         )
     );
+    match &pinning {
+        Ok(()) => println!("{}", pinned_report(settings, &transports, &pinned)),
+        Err(why) => println!("\nPinned ping rows skipped: {why}\n"),
+    }
     Ok(())
 }
 
@@ -940,6 +985,205 @@ fn report(
             ratio(up, median(&n.upload)),
             percent(up, raw_median(0, sock)),
             percent(up, raw_median(1, sock)),
+        );
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Pinned pings: every process of a ping measurement on one CPU
+// ---------------------------------------------------------------------------
+
+/// Whether `taskset` can pin a process to [`PIN_CPU`] here.
+fn pinning_available() -> Result<(), String> {
+    match Command::new("taskset")
+        .args(["-c", PIN_CPU, "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+    {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(format!("`taskset -c {PIN_CPU} true` failed ({status})")),
+        Err(e) => Err(format!("no taskset ({e})")),
+    }
+}
+
+/// `program` as a command, under `taskset -c PIN_CPU` when `pinned`
+/// (taskset execs it: the pid is the program's, and its children inherit
+/// the CPU).
+fn pinned_if(pinned: bool, program: &str) -> Command {
+    if pinned {
+        let mut command = Command::new("taskset");
+        command.args(["-c", PIN_CPU, program]);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// The `raw-pings` mode: `raw-pings tcp|unix COUNT DIR` prints the rate of
+/// [`raw_round_trips`] (run pinned, so that the echo it starts is too).
+fn raw_pings_mode(args: &[String]) -> Result<(), Failure> {
+    let usage = "raw-pings tcp|unix COUNT DIR";
+    let sock = match args.first().map(String::as_str) {
+        Some("tcp") => Sock::Tcp,
+        Some("unix") => Sock::Unix,
+        _ => return Err(usage.into()),
+    };
+    let count: u32 = args.get(1).ok_or(usage)?.parse()?;
+    let dir = Path::new(args.get(2).ok_or(usage)?);
+    println!("{}", raw_round_trips(sock, count, dir)?);
+    Ok(())
+}
+
+/// The pinned series, per socket kind (raw) and per transport.
+#[derive(Default)]
+struct Pinned {
+    raw: BTreeMap<&'static str, Vec<f64>>,
+    ours: BTreeMap<String, Vec<f64>>,
+    node: BTreeMap<String, Vec<f64>>,
+    /// Pings the Node peer sent per run (it may stop early).
+    node_counts: BTreeMap<String, Vec<u64>>,
+}
+
+/// The last line of `command`'s stdout that starts with `{`, as JSON; an
+/// error with `what` if it failed or printed none.
+fn json_line(mut command: Command, what: &str) -> Result<serde_json::Value, Failure> {
+    let output = command
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or_else(|| format!("{what} printed no JSON ({})", output.status))?;
+    let value: serde_json::Value = serde_json::from_str(line)?;
+    if !output.status.success() || value.get("error").is_some() {
+        return Err(format!("{what} failed ({}): {line}", output.status).into());
+    }
+    Ok(value)
+}
+
+/// One run of the pinned ping rows: the raw round trips, our client
+/// (`openiap-client ping`, its own process) against `server` (started
+/// pinned), and the Node peer (`node-bench.js --pings-only`, whose server
+/// is its child), each process on CPU [`PIN_CPU`]. A ping round trip then
+/// hands the CPU from one process to the other instead of waking a halted
+/// vCPU, whose wake-up (not either protocol) dominates an unpinned round
+/// trip on this VM; see BENCHMARKS.md.
+#[allow(clippy::too_many_arguments)] // one call site; the run's state
+fn pinned_pings(
+    settings: &Settings,
+    run: usize,
+    transports: &[&str],
+    server: &ServerProc,
+    with_node: bool,
+    (source, sha): (&Path, &str),
+    dir: &Path,
+    pinned: &mut Pinned,
+) -> Result<(), Failure> {
+    let count = settings.pings.max(1).to_string();
+    let me = std::env::current_exe()?;
+    let me = me.to_str().ok_or("the bench's path is not UTF-8")?;
+    for name in ["tcp", "unix"] {
+        let mut command = pinned_if(true, me);
+        command.args(["raw-pings", name, &count]).arg(dir);
+        let output = command.stdin(Stdio::null()).output()?;
+        let rate: f64 = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .map_err(|e| format!("raw-pings {name}: {e} ({})", output.status))?;
+        eprintln!("run {run}: pinned raw {name} round trips: {rate:.0}/s");
+        pinned.raw.entry(name).or_default().push(rate);
+    }
+    for &transport in transports {
+        let mut command = pinned_if(true, CLIENT_BIN);
+        command
+            .args(["--url", server.url(transport)?])
+            .args(["--password", &server.password])
+            .args(["--json", "ping", "--count", &count])
+            .env("RUST_LOG", "warn");
+        let row = json_line(command, &format!("openiap-client ping ({transport})"))?;
+        let rate = row["pings_per_s"]
+            .as_f64()
+            .ok_or("openiap-client ping printed no pings_per_s")?;
+        eprint!("run {run}: pinned ours {transport}: {rate:.0} pings/s");
+        pinned
+            .ours
+            .entry(transport.to_owned())
+            .or_default()
+            .push(rate);
+        if with_node {
+            let mut command = pinned_if(true, "node");
+            command
+                .arg(Path::new(INTEROP_DIR).join("node-bench.js"))
+                .args(["--transport", transport, "--file"])
+                .arg(source)
+                .args(["--sha256", sha, "--pings", &count])
+                .args(["--ping-seconds", &settings.node_ping_seconds.to_string()])
+                .arg("--pings-only")
+                .current_dir(INTEROP_DIR)
+                .env("NO_COLOR", "1");
+            let row = json_line(
+                command,
+                &format!("node-bench.js --pings-only ({transport})"),
+            )?;
+            let rate = row["pings_per_s"]
+                .as_f64()
+                .ok_or("node-bench.js printed no pings_per_s")?;
+            let sent = row["pings"].as_u64().unwrap_or(0);
+            eprint!(", node {rate:.0} pings/s ({sent} pings)");
+            pinned
+                .node
+                .entry(transport.to_owned())
+                .or_default()
+                .push(rate);
+            pinned
+                .node_counts
+                .entry(transport.to_owned())
+                .or_default()
+                .push(sent);
+        }
+        eprintln!();
+    }
+    Ok(())
+}
+
+/// The pinned ping table.
+fn pinned_report(settings: &Settings, transports: &[&str], pinned: &Pinned) -> String {
+    let mut out = String::new();
+    table_head(
+        &mut out,
+        &format!(
+            "\nSequential ping round trips per second with client and server pinned to one CPU (`taskset -c {PIN_CPU}`, every process of a row: ours, Node's and the raw echo alike), {} pings, median of {} runs:",
+            settings.pings, settings.runs
+        ),
+        "transport | ours | Node | ours / Node | raw round trips (pinned) | ours / raw",
+    );
+    for &t in transports {
+        let sock = if t == "pipe" { "unix" } else { "tcp" };
+        let ours = pinned.ours.get(t).map_or(&[][..], Vec::as_slice);
+        let node = pinned.node.get(t).map_or(&[][..], Vec::as_slice);
+        let raw = pinned.raw.get(sock).map_or(&[][..], Vec::as_slice);
+        let counts = pinned.node_counts.get(t).map_or(&[][..], Vec::as_slice);
+        let note = if counts.iter().any(|&c| c < u64::from(settings.pings)) {
+            format!(
+                " (pings sent: {})",
+                runs_text(&counts.iter().map(|&c| c as f64).collect::<Vec<_>>(), 0)
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "| {t} | {} | {:.0} [{}] | {} |",
+            versus(ours, node, 0, &note),
+            median(raw),
+            runs_text(raw, 0),
+            percent(median(ours), median(raw)),
         );
     }
     out

@@ -5,7 +5,7 @@
 // count and file as our client.
 //
 //   node node-bench.js --transport socket|pipe|ws|grpc --file PATH [--sha256 HEX] [--pings N]
-//                      [--runs N] [--ping-seconds S] [--timeout SECONDS]
+//                      [--runs N] [--ping-seconds S] [--timeout SECONDS] [--pings-only]
 //
 // It starts node-server.js on a free loopback port (or a fresh pipe name) with a temporary data
 // directory, then for each run: connect and sign in (not timed), N sequential pings (stopped
@@ -13,7 +13,8 @@
 // a ping takes about 90 ms there), UploadFile of --file, DownloadFile of what was uploaded
 // (timed), and checks outside the timing that the server verified the upload's checksum and
 // that the downloaded file has the expected SHA-256. "pings" in the output is the number
-// actually sent.
+// actually sent. With --pings-only a run stops after the pings (the pinned ping rows of the
+// bench run this under `taskset`, with the server as its child); --file is then not read.
 //
 // stdout: one JSON line per run,
 //   {"transport":..,"run":i,"pings":N,"ping_ms":..,"pings_per_s":..,"bytes":..,
@@ -40,6 +41,7 @@ const SPEC = {
   runs: { kind: "int", meta: "N", default: 1, min: 1, max: 100 },
   "ping-seconds": { kind: "int", meta: "S", default: 30, min: 1, max: 86400 },
   timeout: { kind: "int", meta: "SECONDS", default: 900, min: 1, max: 86400 },
+  "pings-only": { kind: "flag" },
 };
 
 const TYPE_PREFIX = "type.googleapis.com/openiap.";
@@ -79,7 +81,7 @@ function main() {
     });
   }
   (async () => {
-    const expected = args.sha256 ? args.sha256.toLowerCase() : await fileSha256(args.file);
+    const expected = args.pingsOnly ? "" : args.sha256 ? args.sha256.toLowerCase() : await fileSha256(args.file);
     const password = crypto.randomBytes(9).toString("hex");
     server = await NodeServer.start(args.transport, workdir, password);
     const api = common.loadPackage();
@@ -129,6 +131,12 @@ async function oneRun(api, server, args, password, expected, dir) {
     if (pong.command !== "pong" || pong.rid !== id) throw new Error(`ping ${id} answered with '${pong.command}' rid '${pong.rid}'`);
   }
   const pingNs = Number(process.hrtime.bigint() - pingStart);
+  const pingFields = { pings, ping_ms: pingNs / 1e6, pings_per_s: pings / Math.max(pingNs / 1e9, 1e-9) };
+  if (args.pingsOnly) {
+    client.Close();
+    fs.rmSync(dir, { recursive: true, force: true });
+    return pingFields;
+  }
 
   const bytes = fs.statSync(args.file).size;
   const uploadStart = process.hrtime.bigint();
@@ -153,9 +161,7 @@ async function oneRun(api, server, args, password, expected, dir) {
 
   const mib = bytes / (1024 * 1024);
   return {
-    pings,
-    ping_ms: pingNs / 1e6,
-    pings_per_s: pings / Math.max(pingNs / 1e9, 1e-9),
+    ...pingFields,
     bytes,
     upload_ms: uploadNs / 1e6,
     download_ms: downloadNs / 1e6,
