@@ -1048,12 +1048,10 @@ struct Pinned {
 }
 
 /// The last line of `command`'s stdout that starts with `{`, as JSON; an
-/// error with `what` if it failed or printed none.
+/// error with `what` if it failed or printed none. Its stderr goes where
+/// the caller set it (inherited by default).
 fn json_line(mut command: Command, what: &str) -> Result<serde_json::Value, Failure> {
-    let output = command
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()?;
+    let output = command.stdin(Stdio::null()).output()?;
     let text = String::from_utf8_lossy(&output.stdout);
     let line = text
         .lines()
@@ -1126,7 +1124,13 @@ fn pinned_pings(
                 .args(["--ping-seconds", &settings.node_ping_seconds.to_string()])
                 .arg("--pings-only")
                 .current_dir(INTEROP_DIR)
-                .env("NO_COLOR", "1");
+                .env("NO_COLOR", "1")
+                .stderr(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(dir.join("node.stderr"))?,
+                );
             let row = json_line(
                 command,
                 &format!("node-bench.js --pings-only ({transport})"),
