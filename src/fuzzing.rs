@@ -15,6 +15,7 @@ use crate::view::EnvelopeView;
 pub use crate::frame::fuzz_decode as frame_decoder;
 pub use crate::reorder::fuzz_reorder as reorder;
 pub use crate::stream::fuzz_stream as stream;
+pub use crate::websocket::fuzz_deframe as ws_frame;
 
 /// Envelope decoding, command/type_url validation in both policies and
 /// payload decoding; whatever decodes must survive an encode/decode round

@@ -11,6 +11,7 @@ pub mod proto;
 pub mod reorder;
 pub mod stream;
 pub mod view;
+pub mod websocket;
 
 #[cfg(feature = "client")]
 pub mod client;

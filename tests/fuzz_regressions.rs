@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 5] = [
+const TARGETS: [(&str, Target); 6] = [
     ("frame_decoder", openiap_wire::fuzzing::frame_decoder),
     ("envelope", openiap_wire::fuzzing::envelope),
     ("reorder", openiap_wire::fuzzing::reorder),
@@ -20,6 +20,7 @@ const TARGETS: [(&str, Target); 5] = [
         "server_connection",
         openiap_wire::fuzzing::server_connection,
     ),
+    ("ws_frame", openiap_wire::fuzzing::ws_frame),
 ];
 
 fn inputs(target: &str) -> Vec<PathBuf> {

@@ -45,14 +45,19 @@ pub async fn connect(
         }
         #[cfg(feature = "transport-ws")]
         Endpoint::Ws { .. } => {
-            let stream = tcp_connect(endpoint).await?;
-            let (ws, _) = tokio_tungstenite::client_async_with_config(
-                endpoint.to_string(),
+            let mut stream = tcp_connect(endpoint).await?;
+            let authority = endpoint.authority().unwrap_or_default();
+            let path = match endpoint {
+                Endpoint::Ws { path, .. } => path.as_str(),
+                _ => "/",
+            };
+            let rest = super::ws_handshake::connect(&mut stream, &authority, path).await?;
+            Ok(Box::new(super::WsStream::new(
                 stream,
-                Some(super::ws::ws_config(config)),
-            )
-            .await?;
-            Ok(Box::new(super::WsStream::new(ws, config)))
+                super::WsRole::Client,
+                rest,
+                config,
+            )))
         }
         #[cfg(feature = "transport-grpc")]
         Endpoint::Grpc { .. } => {

@@ -248,7 +248,6 @@ impl Incoming {
         self.accept_connection().await.map(Accepted::Connection)
     }
 
-    #[allow(clippy::result_large_err)] // tungstenite's callback error type
     async fn accept_connection(self) -> Result<BoxTransport, TransportError> {
         match self.kind {
             IncomingKind::Tcp(stream) => {
@@ -258,29 +257,15 @@ impl Incoming {
             #[cfg(all(unix, feature = "transport-unix"))]
             IncomingKind::Unix(stream) => Ok(Box::new(ByteStream::new(stream))),
             #[cfg(feature = "transport-ws")]
-            IncomingKind::Ws(stream, path) => {
-                use tokio_tungstenite::tungstenite::handshake::server::{
-                    ErrorResponse, Request, Response,
-                };
-                use tokio_tungstenite::tungstenite::http::StatusCode;
+            IncomingKind::Ws(mut stream, path) => {
                 stream.set_nodelay(true)?;
-                let check = move |request: &Request, response: Response| {
-                    if request.uri().path() == path {
-                        Ok(response)
-                    } else {
-                        let mut refused =
-                            ErrorResponse::new(Some(format!("the WebSocket endpoint is {path}\n")));
-                        *refused.status_mut() = StatusCode::NOT_FOUND;
-                        Err(refused)
-                    }
-                };
-                let ws = tokio_tungstenite::accept_hdr_async_with_config(
+                let rest = super::ws_handshake::accept(&mut stream, &path).await?;
+                Ok(Box::new(super::WsStream::new(
                     stream,
-                    check,
-                    Some(super::ws::ws_config(&self.config)),
-                )
-                .await?;
-                Ok(Box::new(super::WsStream::new(ws, &self.config)))
+                    super::WsRole::Server,
+                    rest,
+                    &self.config,
+                )))
             }
             #[cfg(not(feature = "transport-ws"))]
             IncomingKind::Ws(..) => Err(disabled("ws", "transport-ws")),

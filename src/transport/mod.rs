@@ -7,8 +7,8 @@
 //! frames; one [`Driver`] runs any of them and adds the timers:
 //!
 //! ```text
-//!                 poll_recv: read_buf + handle_read (bytes)
-//!                            handle_bytes (one ws message)
+//!                 poll_recv: read_buf + handle_read (bytes; ws payload bytes)
+//!                            handle_body (one gRPC message)
 //!   socket ─────────────────────────────────────────────► Connection ──► poll_event
 //!   socket ◄───────────────────────────────────────────── Connection ◄── send, request
 //!                 poll_send: poll_transmit batches
@@ -27,9 +27,11 @@
 //! copy) and write each [`poll_transmit`](Connection::poll_transmit) batch
 //! as it comes. WebSocket treats binary messages as one byte stream: a
 //! message may hold several frames and a frame may span messages (the Node
-//! peer sends prefix and body as two). It sends each batch as one binary
-//! message, cut so that no message exceeds
-//! [`TransportConfig::max_message_size`].
+//! peer sends prefix and body as two). Its frames are this crate's own
+//! sans-IO [`websocket`](crate::websocket) codec, whose payload bytes go to
+//! the connection's receive buffer as they arrive (a long payload is read
+//! straight into it). It sends each batch as one binary message, cut so
+//! that no message exceeds [`TransportConfig::max_message_size`].
 //!
 //! gRPC frames its own messages: [`GrpcStream`] hands
 //! each message body to [`Connection::handle_body`] and takes envelopes from
@@ -38,8 +40,8 @@
 //!
 //! Memory per connection is bounded by the connection's own limits plus one
 //! outgoing batch ([`TRANSMIT_BATCH`](crate::connection::TRANSMIT_BATCH)
-//! and at most one frame) and, for WebSocket, one incoming message (at most
-//! the max frame length plus its prefix).
+//! and at most one frame) and, for WebSocket, one read of at most
+//! [`WS_READ_SIZE`] bytes: no WebSocket message is ever held whole.
 //!
 //! On a connection-fatal error the driver first writes out what the
 //! connection queued (its `error` notice to the peer), for at most
@@ -50,12 +52,15 @@ mod driver;
 #[cfg(feature = "transport-grpc")]
 pub mod grpc;
 mod listen;
+mod outbox;
 #[cfg(feature = "transport-rest")]
 pub mod rest;
 mod stream;
 mod url;
 #[cfg(feature = "transport-ws")]
 mod ws;
+#[cfg(feature = "transport-ws")]
+pub mod ws_handshake;
 
 use std::io;
 use std::task::{Context, Poll};
@@ -72,7 +77,7 @@ pub use self::url::{
     UrlError,
 };
 #[cfg(feature = "transport-ws")]
-pub use self::ws::{WS_READ_SIZE, WsStream};
+pub use self::ws::{DIRECT_READ, WS_READ_SIZE, WsRole, WsStream};
 use crate::connection::Connection;
 
 /// Default [`TransportConfig::max_message_size`]: 8 MiB per WebSocket
@@ -91,10 +96,13 @@ pub enum TransportError {
     /// The socket failed.
     #[error("transport io: {0}")]
     Io(#[from] io::Error),
-    /// The WebSocket layer failed (handshake, framing, limits).
-    #[cfg(feature = "transport-ws")]
+    /// The peer's WebSocket frames break RFC 6455, or are text.
     #[error("websocket: {0}")]
-    WebSocket(#[from] tokio_tungstenite::tungstenite::Error),
+    WebSocket(#[from] crate::websocket::WsError),
+    /// The WebSocket opening handshake failed.
+    #[cfg(feature = "transport-ws")]
+    #[error("websocket handshake: {0}")]
+    Handshake(#[from] ws_handshake::HandshakeError),
     /// The gRPC call failed: refused, reset, a broken or compressed
     /// message, a message over the size limit, or the peer ended it with a
     /// non-zero `grpc-status` (the [`GrpcStatus`] code
@@ -102,12 +110,6 @@ pub enum TransportError {
     #[cfg(feature = "transport-grpc")]
     #[error("grpc: {0}")]
     Grpc(#[from] GrpcStatus),
-    /// The peer sent a text WebSocket message; the protocol is binary.
-    #[error("websocket text message of {len} bytes; only binary messages carry envelopes")]
-    TextMessage {
-        /// The message length.
-        len: usize,
-    },
     /// The protocol ended the connection; the peer was told why.
     #[error(transparent)]
     Protocol(#[from] crate::Error),

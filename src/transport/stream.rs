@@ -35,31 +35,19 @@
 //! Memory still follows the bytes received: a prefix that declares a large
 //! frame reserves at most [`RESERVE_FLOOR`] until its bytes arrive.
 
-use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use std::collections::VecDeque;
-use std::io::IoSlice;
-
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::BufMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::outbox::Outbox;
 use super::{Recv, Transport, TransportError};
-use crate::connection::{Connection, TRANSMIT_BATCH};
+use crate::connection::Connection;
 
+pub use super::outbox::SPLIT_PAYLOAD;
 pub use crate::frame::{LARGE_FRAME, RESERVE_FLOOR};
-
-/// Payloads handed out by
-/// [`poll_transmit_vectored`](Connection::poll_transmit_vectored) at least
-/// this long are written from their own buffer instead of being copied into
-/// the staging buffer (see the `transport::stream` module docs).
-pub const SPLIT_PAYLOAD: usize = 16 * 1024;
-
-/// Most segments handed to one vectored write (a batch is a few frames:
-/// the bytes around each large payload, and the payloads).
-const MAX_SEGMENTS: usize = 8;
 
 /// A byte-stream socket driven as a [`Transport`]: reads go straight into
 /// the connection's receive buffer; writes take one batch of the
@@ -69,13 +57,7 @@ const MAX_SEGMENTS: usize = 8;
 #[derive(Debug)]
 pub struct ByteStream<S> {
     io: S,
-    /// Frame bytes being assembled: small frames, and the bytes around a
-    /// large payload.
-    staging: BytesMut,
-    /// Framed bytes waiting to be written, in order.
-    segments: VecDeque<Bytes>,
-    /// Bytes in `segments`.
-    queued: usize,
+    out: Outbox,
 }
 
 impl<S> ByteStream<S> {
@@ -83,9 +65,7 @@ impl<S> ByteStream<S> {
     pub fn new(io: S) -> Self {
         Self {
             io,
-            staging: BytesMut::new(),
-            segments: VecDeque::new(),
-            queued: 0,
+            out: Outbox::default(),
         }
     }
 
@@ -96,59 +76,7 @@ impl<S> ByteStream<S> {
 
     /// Bytes taken from the connection and not yet written.
     pub fn unsent(&self) -> usize {
-        self.queued + self.staging.len()
-    }
-
-    /// Takes frames from `conn` until a batch is ready. A batch of small
-    /// frames stays in `staging` and is written from there; a payload of at
-    /// least [`SPLIT_PAYLOAD`] bytes becomes its own segment, after the
-    /// staged bytes before it, and what follows it is sealed into a segment
-    /// too.
-    fn fill(&mut self, conn: &mut Connection) {
-        while self.unsent() < TRANSMIT_BATCH {
-            let Some(payload) = conn.poll_transmit_vectored(&mut self.staging) else {
-                break;
-            };
-            if payload.len() < SPLIT_PAYLOAD {
-                // Cheaper to copy than to write as a segment of its own.
-                self.staging.extend_from_slice(&payload);
-            } else {
-                self.seal();
-                self.push(payload);
-            }
-        }
-        if !self.segments.is_empty() {
-            self.seal();
-        }
-    }
-
-    /// Moves the staged bytes to the segments.
-    fn seal(&mut self) {
-        if !self.staging.is_empty() {
-            let staged = self.staging.split().freeze();
-            self.push(staged);
-        }
-    }
-
-    fn push(&mut self, segment: Bytes) {
-        self.queued += segment.len();
-        self.segments.push_back(segment);
-    }
-
-    /// Drops the first `n` bytes of the segments (they were written).
-    fn advance(&mut self, mut n: usize) {
-        self.queued -= n.min(self.queued);
-        while n > 0 {
-            let Some(front) = self.segments.front_mut() else {
-                return;
-            };
-            if front.len() > n {
-                front.advance(n);
-                return;
-            }
-            n -= front.len();
-            self.segments.pop_front();
-        }
+        self.out.unsent()
     }
 }
 
@@ -192,37 +120,14 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for ByteStream<S> {
         conn: &mut Connection,
     ) -> Poll<Result<(), TransportError>> {
         loop {
-            if self.segments.is_empty() && self.staging.is_empty() {
-                self.fill(conn);
-                if self.segments.is_empty() && self.staging.is_empty() {
+            if self.out.is_empty() {
+                self.out.fill(conn);
+                if self.out.is_empty() {
                     ready!(Pin::new(&mut self.io).poll_flush(cx))?;
                     return Poll::Ready(Ok(()));
                 }
             }
-            let io = Pin::new(&mut self.io);
-            let n = match (self.segments.len(), self.segments.front()) {
-                // Small frames only: written from the staging buffer, which
-                // is reused for the next batch.
-                (0, _) => ready!(io.poll_write(cx, &self.staging))?,
-                (1, Some(only)) => ready!(io.poll_write(cx, only))?,
-                _ => {
-                    let mut slices = [IoSlice::new(&[]); MAX_SEGMENTS];
-                    let mut count = 0;
-                    for (slice, segment) in slices.iter_mut().zip(&self.segments) {
-                        *slice = IoSlice::new(segment);
-                        count += 1;
-                    }
-                    ready!(io.poll_write_vectored(cx, slices.get(..count).unwrap_or_default()))?
-                }
-            };
-            if n == 0 {
-                return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
-            }
-            if self.segments.is_empty() {
-                self.staging.advance(n.min(self.staging.len()));
-            } else {
-                self.advance(n);
-            }
+            ready!(self.out.poll_write(&mut self.io, cx))?;
         }
     }
 
@@ -239,6 +144,7 @@ mod tests {
     use crate::proto::Envelope;
     use crate::proto::google::protobuf::Any;
     use crate::transport::{Driver, Status};
+    use bytes::{Bytes, BytesMut};
 
     #[tokio::test]
     async fn big_transfer_survives_a_pipe_of_64_bytes() {
@@ -276,22 +182,6 @@ mod tests {
         sender.await.unwrap();
     }
 
-    impl<S> ByteStream<S> {
-        /// What a write of everything unsent would write; empties the
-        /// stream as if it had been written.
-        fn take_unsent(&mut self) -> Vec<u8> {
-            let mut bytes: Vec<u8> = self.segments.iter().flat_map(|s| s.to_vec()).collect();
-            // A batch with segments was sealed: the staged bytes come last.
-            assert!(self.segments.is_empty() || self.staging.is_empty());
-            bytes.extend_from_slice(&self.staging);
-            assert_eq!(self.unsent(), bytes.len());
-            self.segments.clear();
-            self.queued = 0;
-            self.staging.clear();
-            bytes
-        }
-    }
-
     /// `envelope`, a transfer of `file` and a ping, queued on two
     /// connections: what a `ByteStream` writes of one, and what
     /// `encode_frame` makes of the other's envelopes.
@@ -314,8 +204,8 @@ mod tests {
         let mut stream = ByteStream::new(a);
         let mut got = Vec::new();
         loop {
-            stream.fill(streamed);
-            let batch = stream.take_unsent();
+            stream.out.fill(streamed);
+            let batch = stream.out.take_unsent();
             if batch.is_empty() {
                 break;
             }
@@ -374,23 +264,23 @@ mod tests {
         let payload = pattern(SPLIT_PAYLOAD);
         conn.send_stream("r1", payload.clone(), false, None, now)
             .unwrap();
-        stream.fill(&mut conn);
+        stream.out.fill(&mut conn);
         assert_eq!(
-            stream.segments.len(),
+            stream.out.segments.len(),
             3,
             "beginstream and the chunk's head, the chunk, endstream"
         );
         // Not copied: the same buffer.
-        assert_eq!(stream.segments[1].as_ptr(), payload.as_ptr());
-        assert_eq!(stream.segments[1].len(), SPLIT_PAYLOAD);
-        stream.take_unsent();
+        assert_eq!(stream.out.segments[1].as_ptr(), payload.as_ptr());
+        assert_eq!(stream.out.segments[1].len(), SPLIT_PAYLOAD);
+        stream.out.take_unsent();
 
         conn.send_stream("r2", pattern(SPLIT_PAYLOAD - 1), false, None, now)
             .unwrap();
-        stream.fill(&mut conn);
-        assert!(stream.segments.is_empty(), "all in the staging buffer");
+        stream.out.fill(&mut conn);
+        assert!(stream.out.segments.is_empty(), "all in the staging buffer");
         assert!(stream.unsent() > SPLIT_PAYLOAD);
-        stream.take_unsent();
+        stream.out.take_unsent();
 
         // A chunk sent as an envelope (`StreamSender::chunk`) too.
         let mut sender = conn.stream_sender("r3").unwrap();
@@ -398,13 +288,13 @@ mod tests {
         let envelope = sender.chunk(payload.clone()).unwrap();
         let value = envelope.data.as_ref().unwrap().value.clone();
         conn.send(envelope, now).unwrap();
-        stream.fill(&mut conn);
+        stream.out.fill(&mut conn);
         assert_eq!(
-            stream.segments.len(),
+            stream.out.segments.len(),
             2,
             "beginstream and the head, the data"
         );
-        assert_eq!(stream.segments[1].as_ptr(), value.as_ptr());
+        assert_eq!(stream.out.segments[1].as_ptr(), value.as_ptr());
     }
 
     #[tokio::test]
