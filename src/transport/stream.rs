@@ -39,7 +39,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use bytes::BufMut;
+use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::outbox::Outbox;
@@ -80,6 +80,21 @@ impl<S> ByteStream<S> {
     }
 }
 
+/// Reads at most `want` bytes into the spare room of `buf`, reserving room
+/// for all of them first when it has less.
+pub(super) fn poll_read_at_most<S: AsyncRead + Unpin>(
+    io: &mut S,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    want: usize,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() < want {
+        buf.reserve(want);
+    }
+    let mut limited = buf.limit(want);
+    tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut limited)
+}
+
 impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for ByteStream<S> {
     fn poll_recv(
         &mut self,
@@ -90,17 +105,7 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for ByteStream<S> {
         let large = conn.large_read();
         let buf = conn.read_buf();
         let n = match large {
-            Some(want) => {
-                if buf.capacity() - buf.len() < want {
-                    buf.reserve(want);
-                }
-                let mut limited = (&mut *buf).limit(want);
-                ready!(tokio_util::io::poll_read_buf(
-                    Pin::new(&mut self.io),
-                    cx,
-                    &mut limited
-                ))?
-            }
+            Some(want) => ready!(poll_read_at_most(&mut self.io, cx, buf, want))?,
             None => ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut self.io),
                 cx,

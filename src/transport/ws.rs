@@ -31,6 +31,7 @@ use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::outbox::Outbox;
+use super::stream::poll_read_at_most;
 use super::{Recv, Transport, TransportConfig, TransportError};
 use crate::connection::Connection;
 use crate::websocket::{
@@ -233,31 +234,21 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for WsStream<S> {
                 let want = conn.large_read().unwrap_or(WS_READ_SIZE);
                 let want = usize::try_from(remaining).map_or(want, |r| r.min(want));
                 let buf = conn.read_buf();
-                if buf.capacity() - buf.len() < want {
-                    buf.reserve(want);
-                }
                 let start = buf.len();
-                let mut limited = (&mut *buf).limit(want);
-                let n = ready!(tokio_util::io::poll_read_buf(
-                    Pin::new(&mut self.io),
-                    cx,
-                    &mut limited
-                ))?;
-                if n == 0 {
+                if ready!(poll_read_at_most(&mut self.io, cx, buf, want))? == 0 {
                     return Poll::Ready(Ok(Recv::Eof));
                 }
                 self.deframer.unmask_payload(&mut buf[start..]);
                 conn.handle_read(now)?;
                 return Poll::Ready(Ok(Recv::Data));
             }
-            self.rx.reserve(WS_READ_SIZE);
-            let mut limited = (&mut self.rx).limit(WS_READ_SIZE);
-            let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut self.io),
+            if ready!(poll_read_at_most(
+                &mut self.io,
                 cx,
-                &mut limited
-            ))?;
-            if n == 0 {
+                &mut self.rx,
+                WS_READ_SIZE
+            ))? == 0
+            {
                 return Poll::Ready(Ok(Recv::Eof));
             }
         }
