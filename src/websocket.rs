@@ -273,6 +273,8 @@ pub enum Received {
     Data,
     /// A ping: answer with a pong carrying this payload.
     Ping(Bytes),
+    /// A pong, with its payload (nothing to do).
+    Pong(Bytes),
     /// The peer closed, with this status code if it gave one.
     Close(Option<u16>),
 }
@@ -430,7 +432,7 @@ impl Deframer {
                             let code = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
                             return Ok(Received::Close(code));
                         }
-                        _ => {} // a pong
+                        _ => return Ok(Received::Pong(payload.freeze())),
                     }
                 }
             }
@@ -678,7 +680,7 @@ mod tests {
     }
 
     #[test]
-    fn close_reports_its_code_and_pongs_are_skipped() {
+    fn close_reports_its_code_and_pongs_their_payload() {
         let mut wire = Vec::new();
         wire.extend(frame(FrameHead::new(Opcode::Pong, 2), b"zz"));
         wire.extend(frame(FrameHead::new(Opcode::Binary, 1), b"x"));
@@ -689,7 +691,14 @@ mod tests {
         wire.extend(frame(FrameHead::new(Opcode::Close, 0), b""));
         let (data, events) = decode_all(&mut Deframer::new(false), &wire).unwrap();
         assert_eq!(data, b"x");
-        assert_eq!(events, [Received::Close(Some(1001)), Received::Close(None)]);
+        assert_eq!(
+            events,
+            [
+                Received::Pong(Bytes::from_static(b"zz")),
+                Received::Close(Some(1001)),
+                Received::Close(None)
+            ]
+        );
     }
 
     #[test]
@@ -773,6 +782,8 @@ mod tests {
                     stream.extend_from_slice(payload);
                 } else if *opcode == Opcode::Ping {
                     pings.push(Received::Ping(Bytes::copy_from_slice(payload)));
+                } else {
+                    pings.push(Received::Pong(Bytes::copy_from_slice(payload)));
                 }
                 wire.extend(frame(head, payload));
             }

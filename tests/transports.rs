@@ -392,6 +392,152 @@ async fn configured_users_replace_the_dev_user() {
     server.stop().await;
 }
 
+/// A raw WebSocket peer: the handshake, then frames written and read by
+/// hand with the crate's own codec.
+struct RawWs {
+    tcp: tokio::net::TcpStream,
+    rx: bytes::BytesMut,
+    deframer: openiap_wire::websocket::Deframer,
+}
+
+impl RawWs {
+    async fn connect(endpoint: &Endpoint) -> Self {
+        let authority = endpoint.authority().unwrap();
+        let mut tcp = tokio::net::TcpStream::connect(&authority).await.unwrap();
+        let rx = openiap_wire::transport::ws_handshake::connect(&mut tcp, &authority, "/ws/v2")
+            .await
+            .unwrap();
+        Self {
+            tcp,
+            rx,
+            deframer: openiap_wire::websocket::Deframer::new(false),
+        }
+    }
+
+    async fn send(&mut self, head: openiap_wire::websocket::FrameHead, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.tcp.write_all(&ws_frame(head, payload)).await.unwrap();
+    }
+
+    /// Everything the server sends until it closes: the payload bytes and
+    /// the control frames (panics after 10 s).
+    async fn until_eof(&mut self) -> (Vec<u8>, Vec<openiap_wire::websocket::Received>) {
+        use openiap_wire::websocket::Received;
+        use tokio::io::AsyncReadExt;
+        let (mut data, mut controls) = (bytes::BytesMut::new(), Vec::new());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            loop {
+                match self.deframer.decode(&mut self.rx, &mut data).unwrap() {
+                    Received::Data => break,
+                    other => controls.push(other),
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let read = tokio::time::timeout(left, self.tcp.read_buf(&mut self.rx));
+            match read.await.expect("the server did not close within 10 s") {
+                Ok(0) | Err(_) => return (data.to_vec(), controls),
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// One WebSocket frame, masked when the head has a key.
+fn ws_frame(head: openiap_wire::websocket::FrameHead, payload: &[u8]) -> Vec<u8> {
+    let mut wire = bytes::BytesMut::new();
+    head.encode(&mut wire);
+    let start = wire.len();
+    wire.extend_from_slice(payload);
+    if let Some(key) = head.mask {
+        openiap_wire::websocket::apply_mask(&mut wire[start..], key, 0);
+    }
+    wire.to_vec()
+}
+
+/// The envelopes framed in `bytes`.
+fn envelopes_in(bytes: &[u8]) -> Vec<Envelope> {
+    let mut decoder = openiap_wire::frame::FrameDecoder::default();
+    decoder.push(bytes);
+    let mut out = Vec::new();
+    while let Ok(Some(frame)) = decoder.decode() {
+        out.push(openiap_wire::envelope::decode_envelope(frame).unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn hostile_websocket_frames_end_only_their_own_connection() {
+    use openiap_wire::websocket::{FrameHead, Opcode, Received};
+    let server = TestServer::start().await;
+    let ws = server.endpoints[2].clone();
+    let mut good = signed_in(&ws).await;
+    let key = Some([0x5a, 0x17, 0xc3, 0x08]);
+    let masked = |opcode, len| FrameHead {
+        mask: key,
+        ..FrameHead::new(opcode, len)
+    };
+    // Refused frames: the server closes without a word (they are not the
+    // protocol's to answer), and keeps serving.
+    let mut reserved_bits = ws_frame(masked(Opcode::Binary, 0), b"");
+    reserved_bits[0] |= 0x40; // RSV1, with no extension negotiated
+    let cases = [
+        ("text", ws_frame(masked(Opcode::Text, 5), b"hello")),
+        (
+            "unmasked",
+            ws_frame(FrameHead::new(Opcode::Binary, 3), b"abc"),
+        ),
+        ("reserved bits", reserved_bits),
+        (
+            "continuation first",
+            ws_frame(masked(Opcode::Continuation, 1), b"x"),
+        ),
+        (
+            "ping of 126 bytes",
+            ws_frame(masked(Opcode::Ping, 126), &[0; 126]),
+        ),
+    ];
+    for (name, wire) in cases {
+        use tokio::io::AsyncWriteExt;
+        let mut raw = RawWs::connect(&ws).await;
+        raw.tcp.write_all(&wire).await.unwrap();
+        let (data, _) = raw.until_eof().await;
+        assert!(
+            data.is_empty(),
+            "{name}: the server answered {} bytes",
+            data.len()
+        );
+        good.ping().await.unwrap();
+    }
+    // A ping is answered with its payload; the connection stays.
+    let mut raw = RawWs::connect(&ws).await;
+    raw.send(masked(Opcode::Ping, 4), b"ping").await;
+    // A binary frame that declares 2^62 bytes and opens with a 4 GiB
+    // envelope prefix: the envelope is fatal (413, told in an `error`),
+    // and nothing of the declared size is held.
+    raw.send(masked(Opcode::Binary, 1 << 62), &u32::MAX.to_le_bytes())
+        .await;
+    let (data, controls) = raw.until_eof().await;
+    assert_eq!(
+        controls.first(),
+        Some(&Received::Pong(Bytes::from_static(b"ping"))),
+        "{controls:?}"
+    );
+    assert!(
+        matches!(controls.last(), Some(Received::Close(Some(_)))),
+        "{controls:?}"
+    );
+    let errors = envelopes_in(&data);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].command, "error");
+    let error: openiap_wire::proto::ErrorResponse =
+        openiap_wire::envelope::unpack(&errors[0], openiap_wire::command::Validation::Strict)
+            .unwrap();
+    assert_eq!(error.code, 413, "{}", error.message);
+    good.ping().await.unwrap();
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn websocket_upgrade_on_another_path_is_refused() {
     let server = TestServer::start().await;

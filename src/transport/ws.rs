@@ -213,9 +213,10 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for WsStream<S> {
                 let before = buf.len();
                 let received = self.deframer.decode(&mut self.rx, buf)?;
                 let fed = buf.len() > before;
-                let control = received != Received::Data;
+                let control = matches!(received, Received::Ping(_) | Received::Close(_));
+                let received_pong = matches!(received, Received::Pong(_));
                 match received {
-                    Received::Data => {}
+                    Received::Data | Received::Pong(_) => {}
                     Received::Ping(payload) => self.queue_control(Opcode::Pong, &payload),
                     Received::Close(code) => self.peer_closed = Some(code),
                 }
@@ -225,6 +226,10 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for WsStream<S> {
                 if fed || control {
                     // A pong to send, or the close seen on the next call.
                     return Poll::Ready(Ok(Recv::Data));
+                }
+                if received_pong {
+                    // More frames may follow it in `rx`.
+                    continue;
                 }
             }
             let remaining = self.deframer.payload_remaining();
@@ -478,6 +483,27 @@ mod tests {
         let mut rest = Vec::new();
         raw.read_to_end(&mut rest).await.unwrap();
         assert!(rest.is_empty(), "nothing after the close frame");
+    }
+
+    #[tokio::test]
+    async fn data_behind_a_pong_in_the_same_read_is_delivered() {
+        let (mut driver, mut raw) = server_and_raw(&TransportConfig::default());
+        let mut conn = Connection::new(Role::Server, ConnectionConfig::default(), Instant::now());
+        let mut wire = BytesMut::new();
+        encode_control(Opcode::Pong, b"late", Some([1; 4]), &mut wire);
+        wire.extend_from_slice(&binary_frame(&ping_frame("after-pong", 0), Some([2; 4])));
+        raw.write_all(&wire).await.unwrap();
+        let id = loop {
+            let drive = driver.drive(&mut conn);
+            let status = tokio::time::timeout(std::time::Duration::from_secs(5), drive)
+                .await
+                .expect("the ping behind the pong was never decoded");
+            assert_eq!(status.unwrap(), Status::Progress);
+            if let Some(Event::Ping { id }) = conn.poll_event() {
+                break id;
+            }
+        };
+        assert_eq!(id, "after-pong");
     }
 
     #[tokio::test]
