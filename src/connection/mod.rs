@@ -1014,15 +1014,26 @@ impl Connection {
         const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
         let mut n = self.next_id;
         self.next_id = self.next_id.wrapping_add(1);
-        let mut digits = Vec::with_capacity(13);
+        // A u64 has at most 13 base-36 digits; written from the end, so
+        // the id is built on the stack and allocated once.
+        let mut digits = [0u8; 13];
+        let mut start = digits.len();
         loop {
-            digits.extend(DIGITS.get((n % 36) as usize).map(|&d| char::from(d)));
+            start -= 1;
+            if let (Some(slot), Some(&digit)) =
+                (digits.get_mut(start), DIGITS.get((n % 36) as usize))
+            {
+                *slot = digit;
+            }
             n /= 36;
-            if n == 0 {
+            if n == 0 || start == 0 {
                 break;
             }
         }
-        digits.iter().rev().collect()
+        // ASCII digits and letters: always valid UTF-8.
+        std::str::from_utf8(digits.get(start..).unwrap_or_default())
+            .map(str::to_owned)
+            .unwrap_or_default()
     }
 
     fn queue(&mut self, envelope: Envelope, now: Instant) {

@@ -124,6 +124,37 @@ fn ids_are_unique_and_filled_when_empty() {
 }
 
 #[test]
+fn fresh_ids_are_the_counter_in_base_36() {
+    fn base36(mut n: u64) -> String {
+        let mut digits = Vec::new();
+        loop {
+            digits.push(char::from_digit((n % 36) as u32, 36).unwrap());
+            n /= 36;
+            if n == 0 {
+                return digits.iter().rev().collect();
+            }
+        }
+    }
+    let (mut client, _) = pair(Instant::now());
+    for n in [
+        0,
+        1,
+        35,
+        36,
+        1295,
+        1296,
+        36u64.pow(12),
+        u64::MAX - 1,
+        u64::MAX,
+    ] {
+        client.next_id = n;
+        assert_eq!(client.fresh_id(), base36(n), "{n}");
+        assert_eq!(client.next_id, n.wrapping_add(1));
+    }
+    assert_eq!(base36(u64::MAX), "3w5e11264sgsf");
+}
+
+#[test]
 fn ping_is_answered_with_pong_and_the_pong_resolves_the_request() {
     let now = Instant::now();
     let (mut client, mut server) = pair(now);

@@ -122,6 +122,9 @@ impl Session {
     /// true.
     pub(super) async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         info!(transport = self.transport, peer = %self.peer, "connected");
+        // One future for the whole loop: a new one per turn would register
+        // with the watch channel and deregister again on every envelope.
+        let mut stop = std::pin::pin!(super::stopped(&mut shutdown));
         let reason = loop {
             self.handle_events().await;
             self.top_up().await;
@@ -141,7 +144,7 @@ impl Session {
                     // flushed by the driver.
                     Err(e) => break e.to_string(),
                 },
-                () = super::stopped(&mut shutdown) => {
+                () = &mut stop => {
                     let _ = self.driver.close(&mut self.conn).await;
                     break "server shutdown".to_owned();
                 }
