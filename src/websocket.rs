@@ -9,15 +9,12 @@
 //!
 //! ```
 //! use bytes::BytesMut;
-//! use openiap_wire::websocket::{Deframer, FrameHead, Opcode, Received, apply_mask};
+//! use openiap_wire::websocket::{Deframer, FrameHead, Opcode, Received};
 //!
 //! // A client's binary frame: masked, as RFC 6455 requires.
 //! let key = [1, 2, 3, 4];
 //! let mut wire = BytesMut::new();
-//! FrameHead::new(Opcode::Binary, 5).with_mask(key).encode(&mut wire);
-//! let start = wire.len();
-//! wire.extend_from_slice(b"hello");
-//! apply_mask(&mut wire[start..], key, 0);
+//! FrameHead::new(Opcode::Binary, 5).with_mask(key).encode_frame(b"hello", &mut wire);
 //!
 //! // The server side expects masked frames.
 //! let mut server = Deframer::new(true);
@@ -51,7 +48,7 @@ pub enum Opcode {
     Close,
     /// A ping, answered with a pong carrying the same payload.
     Ping,
-    /// A pong (ignored).
+    /// A pong (reported; nothing to answer).
     Pong,
 }
 
@@ -147,6 +144,17 @@ impl FrameHead {
         }
         if let Some(key) = self.mask {
             dst.put_slice(&key);
+        }
+    }
+
+    /// Appends this head and `payload` (which should be
+    /// [`len`](Self::len) bytes), masked with the head's key if it has one.
+    pub fn encode_frame(&self, payload: &[u8], dst: &mut BytesMut) {
+        self.encode(dst);
+        let start = dst.len();
+        dst.extend_from_slice(payload);
+        if let Some(key) = self.mask {
+            apply_mask(&mut dst[start..], key, 0);
         }
     }
 
@@ -409,9 +417,12 @@ impl Deframer {
                     if available == 0 {
                         return Ok(Received::Data);
                     }
-                    let mut piece = src.split_to(available);
-                    self.unmask_payload(&mut piece);
-                    data.extend_from_slice(&piece);
+                    // Unmasked where it lies and copied once; splitting it
+                    // off would turn `src` into a shared buffer.
+                    let piece = &mut src[..available];
+                    self.unmask_payload(piece);
+                    data.extend_from_slice(piece);
+                    src.advance(available);
                 }
                 State::Control { head, head_len } => {
                     // At most 125 bytes: checked with the header.
@@ -420,20 +431,20 @@ impl Deframer {
                     if src.len() < head_len + len {
                         return Ok(Received::Data);
                     }
-                    src.advance(head_len);
-                    let mut payload = src.split_to(len);
+                    let payload = &mut src[head_len..head_len + len];
                     if let Some(key) = head.mask {
-                        apply_mask(&mut payload, key, 0);
+                        apply_mask(payload, key, 0);
                     }
+                    let received = match head.opcode {
+                        Opcode::Ping => Received::Ping(Bytes::copy_from_slice(payload)),
+                        Opcode::Close => Received::Close(
+                            payload.first_chunk::<2>().map(|c| u16::from_be_bytes(*c)),
+                        ),
+                        _ => Received::Pong(Bytes::copy_from_slice(payload)),
+                    };
+                    src.advance(head_len + len);
                     self.state = State::Head;
-                    match head.opcode {
-                        Opcode::Ping => return Ok(Received::Ping(payload.freeze())),
-                        Opcode::Close => {
-                            let code = payload.get(..2).map(|c| u16::from_be_bytes([c[0], c[1]]));
-                            return Ok(Received::Close(code));
-                        }
-                        _ => return Ok(Received::Pong(payload.freeze())),
-                    }
+                    return Ok(received);
                 }
             }
         }
@@ -471,14 +482,11 @@ impl Deframer {
 /// when given.
 pub fn encode_control(opcode: Opcode, payload: &[u8], mask: Option<[u8; 4]>, dst: &mut BytesMut) {
     let payload = payload.get(..MAX_CONTROL_PAYLOAD).unwrap_or(payload);
-    let mut head = FrameHead::new(opcode, payload.len() as u64);
-    head.mask = mask;
-    head.encode(dst);
-    let start = dst.len();
-    dst.extend_from_slice(payload);
-    if let Some(key) = mask {
-        apply_mask(&mut dst[start..], key, 0);
-    }
+    let head = FrameHead {
+        mask,
+        ..FrameHead::new(opcode, payload.len() as u64)
+    };
+    head.encode_frame(payload, dst);
 }
 
 /// Fuzz target body: arbitrary bytes through a deframer of each side, fed
@@ -527,13 +535,8 @@ mod tests {
 
     fn frame(head: FrameHead, payload: &[u8]) -> Vec<u8> {
         let mut out = BytesMut::new();
-        head.encode(&mut out);
-        assert_eq!(out.len(), head.encoded_len());
-        let start = out.len();
-        out.extend_from_slice(payload);
-        if let Some(key) = head.mask {
-            apply_mask(&mut out[start..], key, 0);
-        }
+        head.encode_frame(payload, &mut out);
+        assert_eq!(out.len(), head.encoded_len() + payload.len());
         out.to_vec()
     }
 

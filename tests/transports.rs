@@ -446,12 +446,7 @@ impl RawWs {
 /// One WebSocket frame, masked when the head has a key.
 fn ws_frame(head: openiap_wire::websocket::FrameHead, payload: &[u8]) -> Vec<u8> {
     let mut wire = bytes::BytesMut::new();
-    head.encode(&mut wire);
-    let start = wire.len();
-    wire.extend_from_slice(payload);
-    if let Some(key) = head.mask {
-        openiap_wire::websocket::apply_mask(&mut wire[start..], key, 0);
-    }
+    head.encode_frame(payload, &mut wire);
     wire.to_vec()
 }
 
