@@ -27,7 +27,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::outbox::Outbox;
@@ -65,8 +65,12 @@ pub struct WsStream<S> {
     /// control frame between calls.
     rx: BytesMut,
     out: Outbox,
-    /// Control frames to send between batches (pongs).
+    /// Control frames being written, between batches.
     control: BytesMut,
+    /// The payload of the latest ping not answered yet. One at most: a
+    /// peer that pings faster than it reads gets a pong for its latest
+    /// ping only (RFC 6455 section 5.5.3), so unread pongs cannot pile up.
+    pong: Option<bytes::Bytes>,
     max_message_size: usize,
     /// Mask keys for a client.
     keys: MaskKeys,
@@ -87,7 +91,8 @@ impl<S> WsStream<S> {
             rx: rest,
             out: Outbox::default(),
             control: BytesMut::new(),
-            max_message_size: config.max_message_size().max(1),
+            pong: None,
+            max_message_size: config.max_message_size(),
             keys: MaskKeys::new(),
             peer_closed: None,
             close_sent: false,
@@ -111,14 +116,11 @@ impl<S> WsStream<S> {
             return;
         }
         if len <= self.max_message_size {
+            // A client's batch is all in `staging` (copied in above); a
+            // server's may be in segments, which it does not mask.
+            let key = self.mask();
             let head = FrameHead::new(Opcode::Binary, len as u64);
-            let head = match self.mask() {
-                Some(key) => {
-                    apply_mask(&mut self.out.staging, key, 0);
-                    head.with_mask(key)
-                }
-                None => head,
-            };
+            let head = masked(head, key, &mut self.out.staging);
             let mut encoded = [0u8; MAX_HEAD_LEN];
             let mut cursor = &mut encoded[..];
             head.encode(&mut cursor);
@@ -130,11 +132,8 @@ impl<S> WsStream<S> {
             let mut body = self.out.take_body();
             while !body.is_empty() {
                 let mut piece = body.split_to(body.len().min(self.max_message_size));
-                let mut head = FrameHead::new(Opcode::Binary, piece.len() as u64);
-                if let Some(key) = self.mask() {
-                    apply_mask(&mut piece, key, 0);
-                    head = head.with_mask(key);
-                }
+                let head = FrameHead::new(Opcode::Binary, piece.len() as u64);
+                let head = masked(head, self.mask(), &mut piece);
                 let mut encoded = BytesMut::with_capacity(MAX_HEAD_LEN);
                 head.encode(&mut encoded);
                 self.out.push(encoded.freeze());
@@ -150,18 +149,35 @@ impl<S> WsStream<S> {
 }
 
 impl<S: AsyncWrite + Unpin> WsStream<S> {
-    /// Writes the queued control frames.
+    /// Writes the queued control frames, then the pending pong.
     fn poll_control(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
-        while !self.control.is_empty() {
+        loop {
+            if self.control.is_empty() {
+                let Some(payload) = self.pong.take() else {
+                    return Poll::Ready(Ok(()));
+                };
+                self.queue_control(Opcode::Pong, &payload);
+            }
             let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.control))?;
             if n == 0 {
                 return Poll::Ready(Err(
                     std::io::Error::from(std::io::ErrorKind::WriteZero).into()
                 ));
             }
-            let _ = self.control.split_to(n);
+            self.control.advance(n);
         }
-        Poll::Ready(Ok(()))
+    }
+}
+
+/// `head` with `key` (a client's), and `payload` masked with it in place;
+/// `head` and `payload` unchanged without a key.
+fn masked(head: FrameHead, key: Option<[u8; 4]>, payload: &mut [u8]) -> FrameHead {
+    match key {
+        Some(key) => {
+            apply_mask(payload, key, 0);
+            head.with_mask(key)
+        }
+        None => head,
     }
 }
 
@@ -213,22 +229,27 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for WsStream<S> {
                 let before = buf.len();
                 let received = self.deframer.decode(&mut self.rx, buf)?;
                 let fed = buf.len() > before;
-                let control = matches!(received, Received::Ping(_) | Received::Close(_));
-                let received_pong = matches!(received, Received::Pong(_));
-                match received {
-                    Received::Data | Received::Pong(_) => {}
-                    Received::Ping(payload) => self.queue_control(Opcode::Pong, &payload),
-                    Received::Close(code) => self.peer_closed = Some(code),
-                }
+                // Decoding stops after any control frame: more may follow.
+                let stopped_early = received != Received::Data;
+                let act = match received {
+                    Received::Data | Received::Pong(_) => false,
+                    Received::Ping(payload) => {
+                        self.pong = Some(payload);
+                        true
+                    }
+                    Received::Close(code) => {
+                        self.peer_closed = Some(code);
+                        true
+                    }
+                };
                 if fed {
                     conn.handle_read(now)?;
                 }
-                if fed || control {
+                if fed || act {
                     // A pong to send, or the close seen on the next call.
                     return Poll::Ready(Ok(Recv::Data));
                 }
-                if received_pong {
-                    // More frames may follow it in `rx`.
+                if stopped_early {
                     continue;
                 }
             }
@@ -285,6 +306,8 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for WsStream<S> {
         while !self.out.is_empty() {
             ready!(self.out.poll_write(&mut self.io, cx))?;
         }
+        // A pending pong goes before our close.
+        ready!(self.poll_control(cx))?;
         if !self.close_sent {
             self.close_sent = true;
             // Echo the peer's code, or close normally.
@@ -302,14 +325,11 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for WsStream<S> {
 #[cfg(test)]
 pub(crate) fn binary_frame(payload: &[u8], mask: Option<[u8; 4]>) -> bytes::Bytes {
     let mut out = BytesMut::new();
-    let mut head = FrameHead::new(Opcode::Binary, payload.len() as u64);
-    head.mask = mask;
-    head.encode(&mut out);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    if let Some(key) = mask {
-        apply_mask(&mut out[start..], key, 0);
-    }
+    let head = FrameHead {
+        mask,
+        ..FrameHead::new(Opcode::Binary, payload.len() as u64)
+    };
+    head.encode_frame(payload, &mut out);
     out.freeze()
 }
 
@@ -321,15 +341,26 @@ mod tests {
     use crate::frame::LENGTH_PREFIX_LEN;
     use crate::proto::{PingRequest, Stream as StreamMsg};
     use crate::transport::{Driver, Status};
-    use crate::websocket::WsError;
+    use crate::websocket::{MAX_CONTROL_PAYLOAD, WsError};
     use bytes::Bytes;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-    /// A server `WsStream` and the raw client end of its socket.
-    fn server_and_raw(config: &TransportConfig) -> (Driver<WsStream<DuplexStream>>, DuplexStream) {
-        let (raw, server) = tokio::io::duplex(1 << 16);
+    /// A server `WsStream` over a duplex pipe of `capacity` bytes each way,
+    /// the raw client end of that pipe, and a server connection.
+    fn server_with_pipe(
+        config: &TransportConfig,
+        capacity: usize,
+    ) -> (Driver<WsStream<DuplexStream>>, DuplexStream, Connection) {
+        let (raw, server) = tokio::io::duplex(capacity);
         let ws = WsStream::new(server, WsRole::Server, BytesMut::new(), config);
-        (Driver::new(ws), raw)
+        let conn = Connection::new(Role::Server, ConnectionConfig::default(), Instant::now());
+        (Driver::new(ws), raw, conn)
+    }
+
+    fn server_and_raw(
+        config: &TransportConfig,
+    ) -> (Driver<WsStream<DuplexStream>>, DuplexStream, Connection) {
+        server_with_pipe(config, 1 << 16)
     }
 
     /// Reads whole frames from the raw end until `want` payload bytes came;
@@ -371,8 +402,7 @@ mod tests {
 
     #[tokio::test]
     async fn prefix_and_body_in_separate_messages_decode() {
-        let (mut driver, mut raw) = server_and_raw(&TransportConfig::default());
-        let mut server = Connection::new(Role::Server, ConnectionConfig::default(), Instant::now());
+        let (mut driver, mut raw, mut server) = server_and_raw(&TransportConfig::default());
         let mut frame = ping_frame("p1", 0);
         let body = frame.split_off(LENGTH_PREFIX_LEN);
         raw.write_all(&binary_frame(&frame, Some([1, 2, 3, 4])))
@@ -405,8 +435,7 @@ mod tests {
     async fn sent_messages_respect_the_size_limit() {
         let mut config = TransportConfig::default();
         config.set_max_message_size(1000);
-        let (mut driver, mut raw) = server_and_raw(&config);
-        let mut conn = Connection::new(Role::Server, ConnectionConfig::default(), Instant::now());
+        let (mut driver, mut raw, mut conn) = server_and_raw(&config);
         let mut chunk = pack(&StreamMsg {
             data: Bytes::from(vec![9u8; 5000]),
         });
@@ -427,8 +456,7 @@ mod tests {
 
     #[tokio::test]
     async fn text_message_is_an_error() {
-        let (mut driver, mut raw) = server_and_raw(&TransportConfig::default());
-        let mut conn = Connection::new(Role::Server, ConnectionConfig::default(), Instant::now());
+        let (mut driver, mut raw, mut conn) = server_and_raw(&TransportConfig::default());
         let mut text = BytesMut::new();
         FrameHead::new(Opcode::Text, 5)
             .with_mask([0; 4])
@@ -443,8 +471,7 @@ mod tests {
 
     #[tokio::test]
     async fn unmasked_client_frames_are_an_error() {
-        let (mut driver, mut raw) = server_and_raw(&TransportConfig::default());
-        let mut conn = Connection::new(Role::Server, ConnectionConfig::default(), Instant::now());
+        let (mut driver, mut raw, mut conn) = server_and_raw(&TransportConfig::default());
         raw.write_all(&binary_frame(&ping_frame("p", 0), None))
             .await
             .unwrap();
@@ -458,8 +485,7 @@ mod tests {
 
     #[tokio::test]
     async fn pings_are_answered_and_a_close_is_echoed() {
-        let (mut driver, mut raw) = server_and_raw(&TransportConfig::default());
-        let mut conn = Connection::new(Role::Server, ConnectionConfig::default(), Instant::now());
+        let (mut driver, mut raw, mut conn) = server_and_raw(&TransportConfig::default());
         let mut wire = BytesMut::new();
         encode_control(Opcode::Ping, b"are you there", Some([7; 4]), &mut wire);
         encode_control(
@@ -486,9 +512,63 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_peer_that_pings_and_never_reads_gets_one_pong_queued_at_most() {
+        // 4 KiB each way: our pongs fill the pipe after about 30.
+        let (mut driver, raw, mut conn) = server_with_pipe(&TransportConfig::default(), 4096);
+        let pings: u32 = 20_000;
+        let mut wire = BytesMut::new();
+        for i in 0..pings {
+            let payload = [i.to_be_bytes(), [0xAB; 4]].concat().repeat(15);
+            encode_control(Opcode::Ping, &payload, Some([9, 8, 7, 6]), &mut wire);
+        }
+        let (mut raw_rx, mut raw_tx) = tokio::io::split(raw);
+        let writer = tokio::spawn(async move { raw_tx.write_all(&wire).await.map(|()| raw_tx) });
+        // Drive until every ping was read: each drive returns after a read
+        // (a ping received) or after the pipe stayed idle for 200 ms.
+        let step = std::time::Duration::from_millis(200);
+        while let Ok(status) = tokio::time::timeout(step, driver.drive(&mut conn)).await {
+            assert_eq!(status.unwrap(), Status::Progress);
+            let ws = driver.get_mut();
+            // One pong being written and the latest ping's payload.
+            assert!(
+                ws.control.len() <= MAX_HEAD_LEN + MAX_CONTROL_PAYLOAD,
+                "{}",
+                ws.control.len()
+            );
+        }
+        let raw_tx = writer.await.unwrap().unwrap();
+        // The peer reads at last: the last pong answers the last ping.
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            let mut buf = [0u8; 4096];
+            while let Ok(Ok(n @ 1..)) =
+                tokio::time::timeout(std::time::Duration::from_millis(300), raw_rx.read(&mut buf))
+                    .await
+            {
+                all.extend_from_slice(&buf[..n]);
+            }
+            all
+        });
+        while let Ok(status) = tokio::time::timeout(step, driver.drive(&mut conn)).await {
+            status.unwrap();
+        }
+        let all = reader.await.unwrap();
+        drop(raw_tx);
+        let mut deframer = Deframer::new(false);
+        let (mut src, mut data) = (BytesMut::from(&all[..]), BytesMut::new());
+        let mut pongs = Vec::new();
+        while let Ok(Received::Pong(payload)) = deframer.decode(&mut src, &mut data) {
+            pongs.push(payload);
+        }
+        assert!(src.is_empty() && data.is_empty());
+        assert!(pongs.len() < 200, "{} pongs for {pings} pings", pongs.len());
+        let last = pongs.last().expect("no pong at all");
+        assert_eq!(last[..4], (pings - 1).to_be_bytes());
+    }
+
+    #[tokio::test]
     async fn data_behind_a_pong_in_the_same_read_is_delivered() {
-        let (mut driver, mut raw) = server_and_raw(&TransportConfig::default());
-        let mut conn = Connection::new(Role::Server, ConnectionConfig::default(), Instant::now());
+        let (mut driver, mut raw, mut conn) = server_and_raw(&TransportConfig::default());
         let mut wire = BytesMut::new();
         encode_control(Opcode::Pong, b"late", Some([1; 4]), &mut wire);
         wire.extend_from_slice(&binary_frame(&ping_frame("after-pong", 0), Some([2; 4])));
@@ -551,8 +631,7 @@ mod tests {
     /// messages, each written in pieces of `piece` bytes, and returns the
     /// ping ids the connection reports.
     async fn ids_after_split(count: usize, cuts: &[usize], piece: usize) -> Vec<String> {
-        let (mut driver, mut raw) = server_and_raw(&TransportConfig::default());
-        let mut conn = Connection::new(Role::Server, ConnectionConfig::default(), Instant::now());
+        let (mut driver, mut raw, mut conn) = server_and_raw(&TransportConfig::default());
         let mut wire = BytesMut::new();
         for i in 0..count {
             wire.extend_from_slice(&ping_frame(&format!("p{i}"), i32::try_from(i).unwrap()));
