@@ -167,8 +167,9 @@ impl TransportConfig {
         self
     }
 
-    /// The connection's max frame length; a received WebSocket message may
-    /// be this plus the 4-byte prefix. Default
+    /// The connection's max frame length, used as gRPC's message limit
+    /// (a WebSocket's payload goes to the connection as it arrives, whose
+    /// own frame limit applies). Default
     /// [`DEFAULT_MAX_FRAME_LENGTH`](crate::frame::DEFAULT_MAX_FRAME_LENGTH).
     pub fn max_frame_length(&self) -> usize {
         self.max_frame_length

@@ -6,7 +6,7 @@ use std::io;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use sha1::{Digest as _, Sha1};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
@@ -103,8 +103,8 @@ fn has_token(value: Option<&[u8]>, token: &str) -> bool {
 }
 
 /// Server side: reads the upgrade request, answers 101 if it asks for a
-/// WebSocket on `path` (404 for another path, 400 or 426 for a bad
-/// request) and returns the bytes that followed the request.
+/// WebSocket on `path` (404 for another path; 400, 405, 426 or 431 for a
+/// bad request) and returns the bytes that followed the request.
 ///
 /// # Errors
 ///
@@ -114,7 +114,14 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut S,
     path: &str,
 ) -> Result<BytesMut, TransportError> {
-    let (mut buf, head_len) = read_head(io).await?;
+    let (mut buf, head_len) = match read_head(io).await {
+        Err(TransportError::Handshake(HandshakeError::HeadTooLarge)) => {
+            let reason = format!("the request head exceeds {MAX_HEAD} bytes");
+            answer_refusal(io, 431, &reason, None).await?;
+            return Err(HandshakeError::HeadTooLarge.into());
+        }
+        read => read?,
+    };
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     let parsed = match request.parse(&buf[..head_len]) {
@@ -139,22 +146,33 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
             );
             io.write_all(answer.as_bytes()).await?;
-            let _ = buf.split_to(head_len);
+            buf.advance(head_len);
             Ok(buf)
         }
         Err((status, reason, extra)) => {
-            let body = format!("{reason}\n");
-            let answer = format!(
-                "HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n{body}",
-                reason_phrase(status),
-                body.len(),
-                extra.unwrap_or_default(),
-            );
-            io.write_all(answer.as_bytes()).await?;
-            let _ = io.shutdown().await;
+            answer_refusal(io, status, &reason, extra).await?;
             Err(HandshakeError::Refused { status, reason }.into())
         }
     }
+}
+
+/// Writes a plain-text refusal with `status` and closes our side.
+async fn answer_refusal<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    status: u16,
+    reason: &str,
+    extra_headers: Option<&str>,
+) -> io::Result<()> {
+    let body = format!("{reason}\n");
+    let answer = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n{body}",
+        reason_phrase(status),
+        body.len(),
+        extra_headers.unwrap_or_default(),
+    );
+    io.write_all(answer.as_bytes()).await?;
+    let _ = io.shutdown().await;
+    Ok(())
 }
 
 type Refusal = (u16, String, Option<&'static str>);
@@ -255,7 +273,7 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     if header(headers, "sec-websocket-extensions").is_some() {
         return Err(HandshakeError::BadAnswer("an extension we did not offer").into());
     }
-    let _ = buf.split_to(head_len);
+    buf.advance(head_len);
     Ok(buf)
 }
 
@@ -330,11 +348,12 @@ mod tests {
 
     #[tokio::test]
     async fn server_refuses_an_endless_head_and_a_closed_one() {
-        let (result, _) = answer_to(&"x".repeat(MAX_HEAD + 10), "/ws/v2").await;
+        let (result, answer) = answer_to(&"x".repeat(MAX_HEAD + 10), "/ws/v2").await;
         assert!(matches!(
             result,
             Err(TransportError::Handshake(HandshakeError::HeadTooLarge))
         ));
+        assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
         let (result, _) = answer_to("GET /ws/v2 HTTP/1.1\r\n", "/ws/v2").await;
         assert!(matches!(
             result,
