@@ -1,19 +1,15 @@
 #!/usr/bin/env bash
 # Instructions per ping, client and server each under callgrind (counts
 # repeat exactly from run to run, whatever else the machine does).
-#   benches/tools/callgrind-pings.sh BINDIR {socket|pipe|ws} [COUNT]
+#   benches/tools/callgrind-pings.sh BINDIR {socket|pipe|ws|grpc} [COUNT]
 # The client's figure is (Ir of `ping --count COUNT` - Ir of `--count 1`)
 # / (COUNT - 1); the server's is its total over both clients (start-up, two
 # signins and COUNT + 1 pings), server on one worker thread.
 set -euo pipefail
+source "$(dirname "$0")/endpoint.sh"
 bindir=$1; kind=$2; count=${3:-3000}
 out=$(mktemp -d); port=$((52900 + RANDOM % 90))
-case $kind in
-  ws) args=(--socket off --pipe off --grpc off --http 127.0.0.1:$port); url=ws://127.0.0.1:$port/ws/v2;;
-  pipe) args=(--socket off --pipe cg$port --grpc off --http off); url=pipe://./cg$port;;
-  socket) args=(--socket 127.0.0.1:$port --pipe off --grpc off --http off); url=socket://127.0.0.1:$port;;
-  *) echo "transport: socket, pipe or ws" >&2; exit 2;;
-esac
+endpoint "$kind" "$port"
 valgrind --tool=callgrind --callgrind-out-file="$out/server.out" "$bindir/openiap-server" \
   --worker-threads 1 "${args[@]}" --data "$out/data" --dev-password pw > "$out/server.log" 2>&1 &
 for _ in $(seq 150); do grep -q listening "$out/server.log" && break; sleep 0.2; done

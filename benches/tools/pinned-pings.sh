@@ -5,15 +5,10 @@
 # Prints the client's JSON line (pings_per_s). Used for the A/B rows in
 # BENCHMARKS.md: run it for the old and the new binaries alternately.
 set -euo pipefail
+source "$(dirname "$0")/endpoint.sh"
 bindir=$1; kind=$2; count=${3:-5000}
 data=$(mktemp -d); port=$((51900 + RANDOM % 90))
-case $kind in
-  ws) args=(--socket off --pipe off --grpc off --http 127.0.0.1:$port); url=ws://127.0.0.1:$port/ws/v2;;
-  pipe) args=(--socket off --pipe pin$port --grpc off --http off); url=pipe://./pin$port;;
-  socket) args=(--socket 127.0.0.1:$port --pipe off --grpc off --http off); url=socket://127.0.0.1:$port;;
-  grpc) args=(--socket off --pipe off --grpc 127.0.0.1:$port --http off); url=grpc://127.0.0.1:$port;;
-  *) echo "transport: socket, pipe, ws or grpc" >&2; exit 2;;
-esac
+endpoint "$kind" "$port"
 taskset -c 0 "$bindir/openiap-server" "${args[@]}" --data "$data" --dev-password pw > "$data/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT
