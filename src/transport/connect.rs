@@ -44,13 +44,9 @@ pub async fn connect(
             Ok(Box::new(ByteStream::new(stream)))
         }
         #[cfg(feature = "transport-ws")]
-        Endpoint::Ws { .. } => {
+        Endpoint::Ws { path, .. } => {
             let mut stream = tcp_connect(endpoint).await?;
             let authority = endpoint.authority().unwrap_or_default();
-            let path = match endpoint {
-                Endpoint::Ws { path, .. } => path.as_str(),
-                _ => "/",
-            };
             let rest = super::ws_handshake::connect(&mut stream, &authority, path).await?;
             Ok(Box::new(super::WsStream::new(
                 stream,
