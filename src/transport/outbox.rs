@@ -63,6 +63,7 @@ impl Outbox {
     }
 
     /// Sets the bytes written before the batch (at most 14).
+    #[cfg_attr(not(feature = "transport-ws"), allow(dead_code))] // WebSocket only
     pub(super) fn set_head(&mut self, head: &[u8]) {
         let len = head.len().min(MAX_HEAD);
         self.head[..len].copy_from_slice(&head[..len]);
@@ -109,6 +110,7 @@ impl Outbox {
 
     /// Takes the whole batch (head excluded) as one buffer, copying the
     /// segments; the outbox is left with its head only.
+    #[cfg_attr(not(feature = "transport-ws"), allow(dead_code))] // WebSocket only
     pub(super) fn take_body(&mut self) -> BytesMut {
         if self.segments.is_empty() {
             return self.staging.split();
