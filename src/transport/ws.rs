@@ -142,6 +142,10 @@ impl<S> WsStream<S> {
         }
     }
 
+    fn has_control(&self) -> bool {
+        !self.control.is_empty() || self.pong.is_some()
+    }
+
     fn queue_control(&mut self, opcode: Opcode, payload: &[u8]) {
         let mask = self.mask();
         encode_control(opcode, payload, mask, &mut self.control);
@@ -171,6 +175,7 @@ impl<S: AsyncWrite + Unpin> WsStream<S> {
 
 /// `head` with `key` (a client's), and `payload` masked with it in place;
 /// `head` and `payload` unchanged without a key.
+#[inline]
 fn masked(head: FrameHead, key: Option<[u8; 4]>, payload: &mut [u8]) -> FrameHead {
     match key {
         Some(key) => {
@@ -287,8 +292,11 @@ impl<S: AsyncRead + AsyncWrite + Send + Unpin> Transport for WsStream<S> {
     ) -> Poll<Result<(), TransportError>> {
         loop {
             if self.out.is_empty() {
-                // Between messages: control frames first.
-                ready!(self.poll_control(cx))?;
+                // Between messages: control frames first (rare: checked
+                // here, so the call is not paid on every send).
+                if self.has_control() {
+                    ready!(self.poll_control(cx))?;
+                }
                 if self.close_sent {
                     return Poll::Ready(Ok(()));
                 }
