@@ -120,7 +120,9 @@ fn file_error(path: &Path) -> impl FnOnce(std::io::Error) -> ClientError + '_ {
 #[non_exhaustive]
 pub struct ClientConfig {
     /// Protocol limits; default request timeout
-    /// [`DEFAULT_CLIENT_REQUEST_TIMEOUT`].
+    /// [`DEFAULT_CLIENT_REQUEST_TIMEOUT`]. The client turns the stream
+    /// table's [`hash_payload`](crate::stream::StreamConfig::hash_payload)
+    /// off: [`Client::download`] hashes on the thread that writes the file.
     pub connection: ConnectionConfig,
     /// IO limits.
     pub transport: TransportConfig,
@@ -262,6 +264,9 @@ impl Client {
     ) -> Result<Self, ClientError> {
         let max_frame = config.connection.frame().max_frame_length();
         config.transport.set_max_frame_length(max_frame);
+        // A download is hashed by the thread that writes it, not in the
+        // connection (see `download`).
+        config.connection.stream_mut().set_hash_payload(false);
         let io = connect(endpoint, &config.transport).await?;
         Ok(Self {
             conn: Connection::new(Role::Client, config.connection.clone(), Instant::now()),
@@ -500,8 +505,8 @@ impl Client {
     /// it, renamed onto `out` only after the transfer ended with a matching
     /// checksum and the server's reply arrived.
     ///
-    /// Chunks are written by a blocking thread while the connection goes on
-    /// receiving (at most [`DOWNLOAD_WRITE_BEHIND`] bytes wait for the disk),
+    /// Chunks are hashed and written by a blocking thread while the
+    /// connection goes on receiving (at most [`DOWNLOAD_WRITE_BEHIND`] bytes wait for the disk),
     /// and the disk is asked to write back every [`DOWNLOAD_SYNC_EVERY`]
     /// bytes, so the final sync has little left to do.
     ///
@@ -530,6 +535,7 @@ impl Client {
         };
         let request_id = self.conn.request(&request, Instant::now())?;
         let mut summary = None;
+        let mut announced = false;
         let (mut done, mut total) = (0u64, None);
         let reply = loop {
             let Some(event) = self.conn.poll_event() else {
@@ -547,6 +553,8 @@ impl Client {
             };
             match event {
                 Event::StreamStarted { rid, started } if rid == request_id => {
+                    writer.set_hash(started.payload_hash());
+                    announced = started.checksum.is_some();
                     total = started
                         .stat
                         .and_then(|stat| u64::try_from(stat.size).ok())
@@ -581,13 +589,18 @@ impl Client {
         };
         tracing::debug!(received_in = ?started.elapsed(), bytes = done, "download received");
         let response = reply.unpack::<DownloadResponse>(Validation::Lenient)?;
-        let Some(summary) = summary else {
+        let Some(mut summary) = summary else {
             return Err(ClientError::Incomplete { id: id.to_owned() });
         };
-        if self.config.require_checksum && !summary.checksum_verified {
+        if self.config.require_checksum && !announced {
             return Err(ClientError::ChecksumMissing { id: id.to_owned() });
         }
-        writer.finish().await.map_err(file_error(&temp_path))?;
+        let hash = writer.finish().await.map_err(file_error(&temp_path))?;
+        let digest = hash
+            .ok_or(ClientError::Incomplete { id: id.to_owned() })?
+            .finish(&request_id)?;
+        summary.sha256 = Some(digest.sha256);
+        summary.checksum_verified = digest.checksum_verified;
         tracing::debug!(synced_in = ?started.elapsed(), "download synced");
         tokio::fs::rename(&temp_path, out)
             .await
@@ -977,7 +990,10 @@ mod tests {
         let done = client.download(&reply.id, &out).await.unwrap();
         // The server hashed what arrived and announces it with the download.
         assert!(done.summary.checksum_verified);
-        assert_eq!(done.summary.sha256, crate::stream::sha256_hex(&content));
+        assert_eq!(
+            done.summary.sha256,
+            Some(crate::stream::sha256_hex(&content))
+        );
         assert_eq!(std::fs::read(&out).unwrap(), content);
         client.close().await.unwrap();
         stop.send(()).unwrap();

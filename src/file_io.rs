@@ -8,6 +8,10 @@
 //! | `ChunkReader` | client upload, server download            | `read_ahead` chunks ready, one read in flight |
 //! | `FileWriter`  | client download, server upload (`store`)  | the caller's write-behind limit; one write in flight; a background `fdatasync` every `sync_every` bytes |
 //!
+//! A `FileWriter` given a [`PayloadHash`] hashes each chunk on its blocking
+//! thread just before writing it, so a received payload is hashed beside
+//! the connection's task rather than in it.
+//!
 //! Both hold a `std` file and hand it to one blocking task at a time, which
 //! hands it back: tokio's file would copy every chunk into a buffer of its
 //! own. Their `wait` methods are cancel-safe (a dropped wait leaves the IO
@@ -19,6 +23,8 @@ use std::io;
 
 use bytes::Bytes;
 use tokio::task::JoinHandle;
+
+use crate::stream::PayloadHash;
 
 /// Reads up to `size` bytes (less only at the end of the file), straight
 /// into the chunk's own allocation (no zeroing, no second copy).
@@ -169,8 +175,9 @@ impl ChunkReader {
     }
 }
 
-/// A write of queued chunks on the blocking pool; it hands the file back.
-type PendingWrite = JoinHandle<(std::fs::File, io::Result<()>)>;
+/// A write of queued chunks on the blocking pool; it hands the file and
+/// the hash back.
+type PendingWrite = JoinHandle<(std::fs::File, Option<PayloadHash>, io::Result<()>)>;
 
 /// A file written on the blocking pool while the connection goes on
 /// receiving: [`push`](Self::push) queues a chunk's own bytes (no copy),
@@ -178,10 +185,13 @@ type PendingWrite = JoinHandle<(std::fs::File, io::Result<()>)>;
 /// bytes written a background `fdatasync` starts, so the sync in
 /// [`finish`](Self::finish) has little left. The caller bounds the
 /// [`backlog`](Self::backlog) by waiting (see
-/// [`write_behind`](Self::write_behind)).
+/// [`write_behind`](Self::write_behind)). With a hash
+/// ([`set_hash`](Self::set_hash)) the write hashes each chunk first.
 pub(crate) struct FileWriter {
     /// The file, while no write is in flight.
     file: Option<std::fs::File>,
+    /// The hash of what was written, while no write is in flight.
+    hash: Option<PayloadHash>,
     queued: Vec<Bytes>,
     queued_bytes: usize,
     /// The write in flight and its size.
@@ -201,6 +211,7 @@ impl FileWriter {
     pub(crate) fn new(file: std::fs::File, sync_every: u64) -> Self {
         Self {
             file: Some(file),
+            hash: None,
             queued: Vec::new(),
             queued_bytes: 0,
             writing: None,
@@ -209,6 +220,16 @@ impl FileWriter {
             synced: 0,
             sync_every,
         }
+    }
+
+    /// Hashes every chunk pushed from now on with `hash`, which
+    /// [`finish`](Self::finish) returns. Set it before the first chunk.
+    pub(crate) fn set_hash(&mut self, hash: PayloadHash) {
+        debug_assert!(
+            self.written == 0 && self.queued.is_empty() && self.writing.is_none(),
+            "set the hash before the first chunk"
+        );
+        self.hash = Some(hash);
     }
 
     /// Bytes received and not yet written.
@@ -267,10 +288,16 @@ impl FileWriter {
         }
         let chunks = std::mem::take(&mut self.queued);
         let bytes = std::mem::take(&mut self.queued_bytes);
+        let mut hash = self.hash.take();
         let handle = tokio::task::spawn_blocking(move || {
             use std::io::Write;
-            let written = chunks.iter().try_for_each(|chunk| file.write_all(chunk));
-            (file, written)
+            let written = chunks.iter().try_for_each(|chunk| {
+                if let Some(hash) = &mut hash {
+                    hash.update(chunk);
+                }
+                file.write_all(chunk)
+            });
+            (file, hash, written)
         });
         self.writing = Some((bytes, handle));
     }
@@ -288,8 +315,9 @@ impl FileWriter {
         let bytes = *bytes;
         let joined = writing.await;
         self.writing = None;
-        let (file, written) = joined.map_err(io::Error::other)?;
+        let (file, hash, written) = joined.map_err(io::Error::other)?;
         self.file = Some(file);
+        self.hash = hash;
         written?;
         self.written += bytes as u64;
         self.start();
@@ -297,12 +325,13 @@ impl FileWriter {
     }
 
     /// Writes everything queued, then syncs the file to disk (content and
-    /// metadata) and closes it.
+    /// metadata) and closes it. Returns the hash of everything written, if
+    /// one was [set](Self::set_hash).
     ///
     /// # Errors
     ///
     /// A write or the sync failed, or an earlier failure lost the file.
-    pub(crate) async fn finish(&mut self) -> io::Result<()> {
+    pub(crate) async fn finish(&mut self) -> io::Result<Option<PayloadHash>> {
         while self.writing.is_some() {
             self.wait().await?;
         }
@@ -314,9 +343,11 @@ impl FileWriter {
             .file
             .take()
             .ok_or_else(|| io::Error::other("the file being written was lost"))?;
+        let hash = self.hash.take();
         tokio::task::spawn_blocking(move || file.sync_all())
             .await
-            .unwrap_or_else(|join| Err(io::Error::other(join)))
+            .unwrap_or_else(|join| Err(io::Error::other(join)))?;
+        Ok(hash)
     }
 
     /// Abandons the file: waits for the write in flight, if any, to return
@@ -442,6 +473,7 @@ mod tests {
         let total = 2 * sync_every + 3 * limit + 17;
         let content = pattern(total);
         let mut writer = FileWriter::new(std::fs::File::create(&path).unwrap(), sync_every as u64);
+        writer.set_hash(PayloadHash::default());
         let mut at = 0;
         while at < total {
             let end = total.min(at + 256 * 1024);
@@ -452,7 +484,10 @@ mod tests {
             assert!(writer.backlog() < limit, "{}", writer.backlog());
             at = end;
         }
-        writer.finish().await.unwrap();
+        let hash = writer.finish().await.unwrap().expect("the hash comes back");
+        let digest = hash.finish("w").unwrap();
+        assert_eq!(digest.sha256, crate::stream::sha256_hex(&content));
+        assert!(!digest.checksum_verified, "nothing was announced");
         assert!(writer.synced >= sync_every as u64, "{}", writer.synced);
         assert_eq!(writer.backlog(), 0);
         let stored = std::fs::read(&path).unwrap();
@@ -466,14 +501,20 @@ mod tests {
         let path = dir.join("a.bin");
         let content = pattern(300_001);
         let mut writer = FileWriter::new(std::fs::File::create(&path).unwrap(), 1 << 16);
+        writer.set_hash(PayloadHash::new(Some(crate::stream::sha256(&content))));
         for piece in content.chunks(4096) {
             writer.push(Bytes::copy_from_slice(piece));
             if writer.backlog() >= 64 * 1024 {
                 writer.wait().await.unwrap();
             }
         }
-        writer.finish().await.unwrap();
+        let hash = writer.finish().await.unwrap().expect("the hash comes back");
+        assert!(hash.finish("w").unwrap().checksum_verified);
         assert!(std::fs::read(&path).unwrap() == content, "content differs");
+        // Without a hash, nothing is hashed and nothing comes back.
+        let mut plain = FileWriter::new(std::fs::File::create(&path).unwrap(), 1 << 16);
+        plain.push(content.clone());
+        assert!(plain.finish().await.unwrap().is_none());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -7,6 +7,7 @@
 //! | `openiap-server` killed mid-upload, restarted on the same data dir | no partial file visible, the temporary file gone, earlier uploads intact and downloadable with matching SHA-256 |
 //! | connection cut mid-download (a proxy in this test stops after N bytes) | the client exits non-zero (the library returns a typed error) and leaves no output file, partial or whole (socket, ws, grpc) |
 //! | `openiap-server` killed mid-download    | the same, and the file is intact after a restart (socket, pipe) |
+//! | a stored file changed on disk (one bit) | its download fails the checksum as a typed error and leaves no output file (every transport) |
 //!
 //! "Mid" is checked, not assumed: the test waits until the server's
 //! temporary file, the client's partial file or the bytes through the proxy
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use openiap_wire::client::{Client, ClientError};
 use openiap_wire::proto::DownloadRequest;
-use openiap_wire::stream::sha256;
+use openiap_wire::stream::{StreamError, sha256, sha256_hex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use support::{RemoveOnDrop, spawn_server};
@@ -588,4 +589,30 @@ async fn server_killed_mid_download_is_reported_and_leaves_no_output() {
     }
     let out = scratch.join("after.bin");
     assert_eq!(download(server.url("ws"), &id, &out).await, sha);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_file_changed_on_disk_fails_its_download_and_leaves_no_output() {
+    // The client hashes a download on the thread that writes it; the
+    // mismatch must still fail it, and before the rename.
+    let scratch = Scratch::new("bit-flip");
+    let server = ServerProc::start(&scratch);
+    let (source, _) = scratch.content("source.bin", 3 * MIB + 5, 7);
+    let id = upload(server.url("socket"), &source).await;
+    let stored = scratch.data().join("files").join(&id).join("content");
+    let mut bytes = std::fs::read(&stored).unwrap();
+    bytes[2 * MIB as usize] ^= 0x10;
+    std::fs::write(&stored, &bytes).unwrap();
+    for transport in ["socket", "pipe", "ws", "grpc"] {
+        let out_dir = scratch.dir(&format!("out-{transport}"));
+        let mut client = signed_in(server.url(transport)).await;
+        match client.download(&id, &out_dir.join("file.bin")).await {
+            Err(ClientError::Stream(StreamError::ChecksumMismatch { rid, actual, .. })) => {
+                assert!(!rid.is_empty(), "{transport}");
+                assert_eq!(actual, sha256_hex(&bytes), "{transport}");
+            }
+            other => panic!("{transport}: {other:?}"),
+        }
+        assert_eq!(listing(&out_dir), Vec::<String>::new(), "{transport}");
+    }
 }

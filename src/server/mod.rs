@@ -265,7 +265,10 @@ impl Server {
         config
             .connection
             .stream_mut()
-            .set_max_stream_bytes(config.max_upload_bytes);
+            .set_max_stream_bytes(config.max_upload_bytes)
+            // The session hashes each upload on its writer thread instead
+            // (`PendingUpload::set_hash`).
+            .set_hash_payload(false);
         let store = FileStore::open(&config.data_dir)?;
         let secret = match config.jwt_secret {
             Some(secret) => secret,

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::Shared;
 use super::auth::Identity;
-use super::store::{FileMeta, PendingUpload, UPLOAD_WRITE_BEHIND};
+use super::store::{FileMeta, PendingUpload, StoreError, UPLOAD_WRITE_BEHIND};
 use crate::command::Payload;
 use crate::connection::{Connection, Event, Role};
 use crate::envelope::Envelope;
@@ -65,6 +65,8 @@ struct OpenUpload {
     request: Envelope,
     file: PendingUpload,
     started: Instant,
+    /// Its `beginstream` announced a checksum (which the commit checks).
+    announced: bool,
 }
 
 struct Download {
@@ -182,8 +184,14 @@ impl Session {
                 }
                 Event::Ping { id } => debug!(%id, "ping"),
                 Event::StreamStarted { rid, started } => {
-                    if self.uploads.contains_key(&rid) {
+                    if let Some(upload) = self.uploads.get_mut(&rid) {
                         debug!(%rid, checksum = ?started.checksum, "upload stream started");
+                        if let Upload::Open(open) = upload {
+                            // Hashed on the writer's thread (the server's
+                            // streams do not hash in the connection).
+                            open.file.set_hash(started.payload_hash());
+                            open.announced = started.checksum.is_some();
+                        }
                     } else {
                         // The core opens a stream for any rid; only an
                         // upload's is wanted. Its parts are dropped.
@@ -195,7 +203,7 @@ impl Session {
                 Event::StreamChunk { rid, data } => self.on_chunk(&rid, data).await,
                 Event::StreamEnded { rid, summary } => {
                     if let Some(Upload::Open(open)) = self.uploads.remove(&rid) {
-                        self.finish_upload(*open, summary).await;
+                        self.finish_upload(&rid, *open, summary).await;
                     }
                 }
                 Event::StreamFailed { rid, error } => self.on_stream_failed(rid, error).await,
@@ -336,6 +344,7 @@ impl Session {
                     request: envelope,
                     file,
                     started: Instant::now(),
+                    announced: false,
                 };
                 self.uploads
                     .insert(open.request.id.clone(), Upload::Open(Box::new(open)));
@@ -388,7 +397,7 @@ impl Session {
     /// An upload's file could not be written: answered `error` 500, its
     /// temporary file removed, the remaining parts dropped and the end
     /// answered no more.
-    async fn write_failed(&mut self, rid: &str, e: super::store::StoreError) {
+    async fn write_failed(&mut self, rid: &str, e: StoreError) {
         warn!(%rid, error = %e, "upload write failed");
         if let Some(Upload::Open(open)) = self.uploads.insert(rid.to_owned(), Upload::Answered) {
             open.file.discard().await;
@@ -396,19 +405,25 @@ impl Session {
         }
     }
 
-    async fn finish_upload(&mut self, upload: OpenUpload, summary: crate::stream::StreamSummary) {
+    async fn finish_upload(
+        &mut self,
+        rid: &str,
+        upload: OpenUpload,
+        summary: crate::stream::StreamSummary,
+    ) {
         let OpenUpload {
             request,
             file,
             started,
+            announced,
         } = upload;
         let elapsed = started.elapsed();
-        match file.commit(&summary.sha256).await {
+        match file.commit(rid).await {
             Ok(meta) => {
                 let secs = elapsed.as_secs_f64().max(1e-6);
                 let mb = meta.bytes as f64 / (1024.0 * 1024.0);
                 info!(id = %meta.id, filename = %meta.filename, bytes = meta.bytes,
-                    chunks = summary.chunks, checksum_verified = summary.checksum_verified,
+                    chunks = summary.chunks, checksum_verified = announced,
                     "upload stored");
                 let response = UploadResponse {
                     id: meta.id,
@@ -425,6 +440,11 @@ impl Session {
                 {
                     debug!(error = %e, "could not queue the upload reply");
                 }
+            }
+            Err(StoreError::Payload(error)) => {
+                warn!(%rid, %error, "upload failed");
+                let code = crate::Error::from(error.clone()).code();
+                self.reply_error(&request, error.to_string(), code);
             }
             Err(e) => {
                 warn!(error = %e, "upload commit failed");

@@ -12,8 +12,9 @@
 //! | upload event      | store                                              |
 //! |-------------------|----------------------------------------------------|
 //! | `upload` request  | [`FileStore::begin_upload`]: `tmp/<random>/` created |
-//! | each chunk        | [`PendingUpload::write`] appends (written behind on the blocking pool) |
-//! | `endstream`, checksum ok | [`PendingUpload::commit`]: sync, meta written, directory renamed to `files/<id>` |
+//! | `beginstream`     | [`PendingUpload::set_hash`]: the announced checksum to check |
+//! | each chunk        | [`PendingUpload::write`] appends (hashed and written behind on the blocking pool) |
+//! | `endstream`       | [`PendingUpload::commit`]: sync, checksum checked, meta written, directory renamed to `files/<id>` |
 //! | failure, disconnect | [`PendingUpload::discard`] (or drop) removes `tmp/<random>/` |
 //! | crash (SIGKILL, power loss), then restart | [`FileStore::open`]: `tmp/` emptied, incomplete `files/<id>/` removed |
 //!
@@ -39,6 +40,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::auth::random_bytes;
 use crate::file_io::FileWriter;
+use crate::stream::{PayloadHash, StreamError};
 
 /// Longest filename accepted, in bytes (the common file system limit).
 pub const MAX_FILENAME_LEN: usize = 255;
@@ -80,6 +82,10 @@ pub enum StoreError {
         /// The error.
         source: io::Error,
     },
+    /// The uploaded payload failed its check
+    /// ([`StreamError::ChecksumMismatch`]); nothing was stored.
+    #[error(transparent)]
+    Payload(#[from] StreamError),
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -259,9 +265,11 @@ impl FileStore {
                 return Err(StoreError::Io { path, source: e });
             }
         };
+        let mut writer = FileWriter::new(file, UPLOAD_SYNC_EVERY);
+        writer.set_hash(PayloadHash::default());
         Ok(PendingUpload {
             dir: Some(dir),
-            writer: FileWriter::new(file, UPLOAD_SYNC_EVERY),
+            writer,
             filename,
             mimetype,
             bytes: 0,
@@ -347,7 +355,9 @@ impl FileStore {
 /// blocking pool, with `std::fs` (tokio's file would copy every chunk into
 /// a buffer of its own). At most [`UPLOAD_WRITE_BEHIND`] bytes
 /// wait for the disk; every [`UPLOAD_SYNC_EVERY`] bytes a background
-/// `fdatasync` starts.
+/// `fdatasync` starts. The thread that writes a chunk hashes it first, and
+/// [`commit`](Self::commit) checks the digest against the one announced
+/// ([`set_hash`](Self::set_hash)).
 pub struct PendingUpload {
     dir: Option<PathBuf>,
     /// The content file, written behind.
@@ -392,6 +402,14 @@ impl PendingUpload {
         self.dir.as_deref()
     }
 
+    /// Sets the hash that checks the payload: the one of its `beginstream`
+    /// ([`StreamStarted::payload_hash`](crate::stream::StreamStarted::payload_hash)).
+    /// Call it before the first [`write`](Self::write); until then the
+    /// upload is hashed without a digest to match.
+    pub fn set_hash(&mut self, hash: PayloadHash) {
+        self.writer.set_hash(hash);
+    }
+
     /// Appends one chunk: queues it for the disk and returns, unless more
     /// than [`UPLOAD_WRITE_BEHIND`] bytes are waiting, then waits until
     /// the disk caught up below that.
@@ -425,35 +443,44 @@ impl PendingUpload {
         self.writer.wait().await.map_err(io_at(&dir))
     }
 
-    /// Publishes the upload under a new id: syncs the content, writes and
+    /// Publishes the upload under a new id: syncs the content, checks its
+    /// digest (errors name `rid`, the upload's request id), writes and
     /// syncs the metadata, renames the directory into `files/` and syncs
     /// `files/` (on Unix), so that after a crash the file is either
     /// complete or absent.
     ///
     /// # Errors
     ///
-    /// The file system failed; the temporary directory is then removed.
-    pub async fn commit(mut self, sha256: &str) -> Result<FileMeta, StoreError> {
-        let result = self.publish(sha256).await;
+    /// [`StoreError::Payload`] when the content does not hash to the
+    /// announced checksum, or the file system failed; the temporary
+    /// directory is then removed.
+    pub async fn commit(mut self, rid: &str) -> Result<FileMeta, StoreError> {
+        let result = self.publish(rid).await;
         self.remove_temp();
         result
     }
 
-    async fn publish(&mut self, sha256: &str) -> Result<FileMeta, StoreError> {
+    async fn publish(&mut self, rid: &str) -> Result<FileMeta, StoreError> {
         let Some(dir) = self.dir.clone() else {
             return Err(StoreError::Io {
                 path: self.files.clone(),
                 source: io::Error::other("upload already finished"),
             });
         };
-        self.writer.finish().await.map_err(io_at(&dir))?;
+        let hash = self
+            .writer
+            .finish()
+            .await
+            .and_then(|hash| hash.ok_or_else(|| io::Error::other("the upload's hash was lost")))
+            .map_err(io_at(&dir))?;
+        let sha256 = hash.finish(rid)?.sha256;
         let id = random_hex(12).map_err(io_at(&dir))?;
         let meta = FileMeta {
             id: id.clone(),
             filename: self.filename.clone(),
             mimetype: self.mimetype.clone(),
             bytes: self.bytes,
-            sha256: sha256.to_owned(),
+            sha256,
         };
         let json = serde_json::json!({
             "filename": meta.filename,
@@ -577,6 +604,7 @@ mod tests {
         let meta = upload.commit("ab").await.unwrap();
         assert!(!temp.exists());
         assert_eq!(meta.bytes, 11);
+        assert_eq!(meta.sha256, crate::stream::sha256_hex(b"hello world"));
         assert_eq!(meta.mimetype, "text/plain");
         assert_eq!(store.meta(&meta.id).await.unwrap(), meta);
         assert_eq!(store.find_by_name("hello.txt").await.unwrap(), meta);
@@ -594,6 +622,8 @@ mod tests {
         let total = usize::try_from(UPLOAD_SYNC_EVERY).unwrap() + 3 * UPLOAD_WRITE_BEHIND + 17;
         let content: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
         let content = Bytes::from(content);
+        let digest = crate::stream::sha256(&content);
+        upload.set_hash(PayloadHash::new(Some(digest)));
         let mut at = 0;
         while at < total {
             let end = total.min(at + 256 * 1024);
@@ -608,9 +638,28 @@ mod tests {
         assert_eq!(upload.bytes(), total as u64);
         let meta = upload.commit("00").await.unwrap();
         assert_eq!(meta.bytes, total as u64);
+        assert_eq!(meta.sha256, crate::stream::sha256_hex(&content));
         let stored = std::fs::read(root.join("files").join(&meta.id).join("content")).unwrap();
         assert!(stored == content, "stored content differs");
         assert!(names(&root.join("tmp")).is_empty());
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_checksum_mismatch_stores_nothing() {
+        let root = temp_root("mismatch");
+        let store = FileStore::open(&root).unwrap();
+        let mut upload = store.begin_upload("a.bin", "").await.unwrap();
+        upload.set_hash(PayloadHash::new(Some(crate::stream::sha256(b"abc"))));
+        upload.write(Bytes::from_static(b"abd")).await.unwrap();
+        match upload.commit("u7").await {
+            Err(StoreError::Payload(StreamError::ChecksumMismatch { rid, .. })) => {
+                assert_eq!(rid, "u7");
+            }
+            other => panic!("expected a checksum mismatch, got {other:?}"),
+        }
+        assert!(names(&root.join("tmp")).is_empty());
+        assert!(names(&root.join("files")).is_empty());
         std::fs::remove_dir_all(root).unwrap();
     }
 

@@ -511,7 +511,7 @@ mod tests {
             prop_assert_eq!(sent, data.len().div_ceil(chunk_size) as u64);
             prop_assert_eq!(summary.chunks, sent);
             prop_assert_eq!(summary.bytes, data.len() as u64);
-            prop_assert_eq!(summary.sha256, sha256_hex(&data));
+            prop_assert_eq!(summary.sha256, Some(sha256_hex(&data)));
             prop_assert_eq!(summary.checksum_verified, checksum);
         }
     }

@@ -3,9 +3,8 @@
 //! [`StreamTable`](super::StreamTable) looks rids up and counts them.
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 
-use super::{StreamError, UsageError, clip_peer_text, parse_sha256_hex, to_hex};
+use super::{PayloadHash, StreamError, UsageError, clip_peer_text, parse_sha256_hex, to_hex};
 use crate::proto::{BeginStream, ErrorResponse, Stat};
 
 /// What a [`StreamTable`](super::StreamTable) knows about one rid, as
@@ -49,6 +48,17 @@ pub struct StreamStarted {
     /// Whether the rid was registered with
     /// [`StreamTable::expect`](super::StreamTable::expect) first.
     pub was_expected: bool,
+    /// The announced digest, parsed (`checksum` is its hex).
+    pub(super) expected: Option<[u8; 32]>,
+}
+
+impl StreamStarted {
+    /// A [`PayloadHash`] that checks the payload against the announced
+    /// checksum: for an application whose table does not hash
+    /// ([`StreamConfig::set_hash_payload`](super::StreamConfig::set_hash_payload)).
+    pub fn payload_hash(&self) -> PayloadHash {
+        PayloadHash::new(self.expected)
+    }
 }
 
 /// A completed transfer, returned by [`StreamTable::recv_end`](super::StreamTable::recv_end).
@@ -59,10 +69,12 @@ pub struct StreamSummary {
     pub bytes: u64,
     /// `stream` envelopes received (empty chunks included).
     pub chunks: u64,
-    /// SHA-256 of the payload as lower-case hex.
-    pub sha256: String,
+    /// SHA-256 of the payload as lower-case hex; `None` when the table does
+    /// not hash ([`StreamConfig::set_hash_payload`](super::StreamConfig::set_hash_payload)).
+    pub sha256: Option<String>,
     /// Whether `beginstream` announced a checksum, which then matched. When
-    /// `false` nobody vouched for the data.
+    /// `false` nobody vouched for the data, or the table did not hash and
+    /// the application checks it (see [`StreamStarted::payload_hash`]).
     pub checksum_verified: bool,
 }
 
@@ -71,8 +83,8 @@ pub struct StreamSummary {
 pub(super) enum Inner {
     AwaitingBegin,
     Open {
-        hasher: Sha256,
-        expected: Option<[u8; 32]>,
+        /// `None` when the application hashes.
+        hash: Option<PayloadHash>,
         bytes: u64,
         chunks: u64,
     },
@@ -113,6 +125,7 @@ impl Inner {
         &mut self,
         rid: &str,
         begin: &BeginStream,
+        hash_payload: bool,
     ) -> Result<StreamStarted, StreamError> {
         match self {
             Self::AwaitingBegin => {
@@ -128,8 +141,7 @@ impl Inner {
                     }));
                 };
                 *self = Self::Open {
-                    hasher: Sha256::new(),
-                    expected,
+                    hash: hash_payload.then(|| PayloadHash::new(expected)),
                     bytes: 0,
                     chunks: 0,
                 };
@@ -137,6 +149,7 @@ impl Inner {
                     checksum: expected.map(|digest| to_hex(&digest)),
                     stat: begin.stat,
                     was_expected: true,
+                    expected,
                 })
             }
             Self::Ended { .. } => Err(StreamError::AlreadyEnded {
@@ -157,10 +170,9 @@ impl Inner {
     ) -> Result<Bytes, StreamError> {
         match self {
             Self::Open {
-                hasher,
+                hash,
                 bytes,
                 chunks,
-                ..
             } => {
                 let total = u64::try_from(data.len())
                     .ok()
@@ -176,7 +188,9 @@ impl Inner {
                         Err(self.fail(StreamError::TooLarge { rid, total, limit }))
                     }
                     (Some(total), _) => {
-                        hasher.update(&data);
+                        if let Some(hash) = hash {
+                            hash.update(&data);
+                        }
                         *bytes = total;
                         *chunks = chunks.saturating_add(1);
                         Ok(data)
@@ -196,33 +210,22 @@ impl Inner {
     pub(super) fn recv_end(&mut self, rid: &str) -> Result<StreamSummary, StreamError> {
         match self {
             Self::Open {
-                hasher,
-                expected,
+                hash,
                 bytes,
                 chunks,
             } => {
-                let digest: [u8; 32] = std::mem::take(hasher).finalize().into();
-                let (expected, bytes, chunks) = (*expected, *bytes, *chunks);
-                let sha256 = to_hex(&digest);
-                match expected {
-                    Some(want) if want != digest => {
-                        let (rid, expected) = (rid.to_owned(), to_hex(&want));
-                        Err(self.fail(StreamError::ChecksumMismatch {
-                            rid,
-                            expected,
-                            actual: sha256,
-                        }))
-                    }
-                    _ => {
-                        *self = Self::Ended { bytes, chunks };
-                        Ok(StreamSummary {
-                            bytes,
-                            chunks,
-                            sha256,
-                            checksum_verified: expected.is_some(),
-                        })
-                    }
-                }
+                let (bytes, chunks) = (*bytes, *chunks);
+                let digest = match hash.take().map(|hash| hash.finish(rid)).transpose() {
+                    Ok(digest) => digest,
+                    Err(error) => return Err(self.fail(error)),
+                };
+                *self = Self::Ended { bytes, chunks };
+                Ok(StreamSummary {
+                    bytes,
+                    chunks,
+                    checksum_verified: digest.as_ref().is_some_and(|d| d.checksum_verified),
+                    sha256: digest.map(|d| d.sha256),
+                })
             }
             Self::AwaitingBegin => Err(self.fail(StreamError::NotBegun {
                 rid: rid.to_owned(),
@@ -289,7 +292,7 @@ mod tests {
     /// A stream that has seen its begin (no checksum).
     fn open() -> Inner {
         let mut inner = Inner::AwaitingBegin;
-        inner.recv_begin("r", &begin("")).unwrap();
+        inner.recv_begin("r", &begin(""), true).unwrap();
         inner
     }
 
@@ -306,7 +309,7 @@ mod tests {
     #[test]
     fn begin_opens_an_awaiting_stream() {
         let mut inner = Inner::AwaitingBegin;
-        let started = inner.recv_begin("r", &begin("")).unwrap();
+        let started = inner.recv_begin("r", &begin(""), true).unwrap();
         assert_eq!(started.checksum, None);
         assert_eq!(
             inner.view(),
@@ -322,7 +325,7 @@ mod tests {
     fn begin_twice_fails_already_begun() {
         let mut inner = open();
         let error = StreamError::AlreadyBegun { rid: "r".into() };
-        assert_eq!(inner.recv_begin("r", &begin("")), Err(error.clone()));
+        assert_eq!(inner.recv_begin("r", &begin(""), true), Err(error.clone()));
         assert_eq!(inner.view(), StreamState::Failed(error));
         assert!(!inner.is_live());
     }
@@ -331,7 +334,7 @@ mod tests {
     fn begin_with_malformed_checksum_fails_invalid_checksum() {
         for checksum in ["abc", "not hex", &"g".repeat(64), &"a".repeat(65)] {
             let mut inner = Inner::AwaitingBegin;
-            let error = inner.recv_begin("r", &begin(checksum)).unwrap_err();
+            let error = inner.recv_begin("r", &begin(checksum), true).unwrap_err();
             assert_eq!(
                 error,
                 StreamError::InvalidChecksum {
@@ -348,7 +351,7 @@ mod tests {
         let lower = sha256_hex(b"data");
         let mut inner = Inner::AwaitingBegin;
         let started = inner
-            .recv_begin("r", &begin(&lower.to_uppercase()))
+            .recv_begin("r", &begin(&lower.to_uppercase()), true)
             .unwrap();
         assert_eq!(started.checksum, Some(lower));
         inner
@@ -360,7 +363,7 @@ mod tests {
     #[test]
     fn begin_after_end_is_already_ended_and_keeps_state() {
         let mut inner = ended(b"x");
-        let error = inner.recv_begin("r", &begin("")).unwrap_err();
+        let error = inner.recv_begin("r", &begin(""), true).unwrap_err();
         assert_eq!(error, StreamError::AlreadyEnded { rid: "r".into() });
         assert_eq!(
             inner.view(),
@@ -419,8 +422,7 @@ mod tests {
     #[test]
     fn chunk_overflowing_u64_fails_too_large() {
         let mut inner = Inner::Open {
-            hasher: Sha256::new(),
-            expected: None,
+            hash: Some(PayloadHash::default()),
             bytes: u64::MAX - 1,
             chunks: 9,
         };
@@ -464,7 +466,7 @@ mod tests {
         let expected = StreamSummary {
             bytes: 3,
             chunks: 2,
-            sha256: sha256_hex(b"abc"),
+            sha256: Some(sha256_hex(b"abc")),
             checksum_verified: false,
         };
         assert_eq!(summary, expected);
@@ -480,14 +482,38 @@ mod tests {
     #[test]
     fn end_with_matching_checksum_is_verified() {
         let mut inner = Inner::AwaitingBegin;
-        inner.recv_begin("r", &begin(&sha256_hex(b""))).unwrap();
+        inner
+            .recv_begin("r", &begin(&sha256_hex(b"")), true)
+            .unwrap();
         assert!(inner.recv_end("r").unwrap().checksum_verified);
+    }
+
+    #[test]
+    fn without_hashing_the_end_leaves_the_check_to_the_payload_hash() {
+        let mut inner = Inner::AwaitingBegin;
+        let started = inner
+            .recv_begin("r", &begin(&sha256_hex(b"abc")), false)
+            .unwrap();
+        let mut hash = started.payload_hash();
+        let data = inner
+            .recv_chunk("r", Bytes::from_static(b"abd"), None)
+            .unwrap();
+        hash.update(&data);
+        let summary = inner.recv_end("r").unwrap();
+        assert_eq!(summary.sha256, None);
+        assert!(!summary.checksum_verified);
+        assert!(matches!(
+            hash.finish("r"),
+            Err(StreamError::ChecksumMismatch { .. })
+        ));
     }
 
     #[test]
     fn end_with_wrong_checksum_fails_mismatch() {
         let mut inner = Inner::AwaitingBegin;
-        inner.recv_begin("r", &begin(&sha256_hex(b"abc"))).unwrap();
+        inner
+            .recv_begin("r", &begin(&sha256_hex(b"abc")), true)
+            .unwrap();
         inner
             .recv_chunk("r", Bytes::from_static(b"abd"), None)
             .unwrap();
@@ -561,7 +587,7 @@ mod tests {
     fn failed_stream_repeats_its_first_error() {
         let mut inner = Inner::AwaitingBegin;
         let first = inner.recv_chunk("r", Bytes::new(), None).unwrap_err();
-        assert_eq!(inner.recv_begin("r", &begin("")), Err(first.clone()));
+        assert_eq!(inner.recv_begin("r", &begin(""), true), Err(first.clone()));
         assert_eq!(
             inner.recv_chunk("r", Bytes::new(), None),
             Err(first.clone())

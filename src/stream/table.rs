@@ -88,9 +88,10 @@ impl StreamTable {
             self.streams.insert(rid.to_owned(), Inner::AwaitingBegin);
             self.open = self.open.saturating_add(1);
         }
+        let hash_payload = self.config.hash_payload();
         let started = self.on_stream(
             rid,
-            |inner| inner.recv_begin(rid, begin),
+            |inner| inner.recv_begin(rid, begin, hash_payload),
             || {
                 Err(StreamError::UnknownRid {
                     rid: rid.to_owned(),
@@ -103,7 +104,8 @@ impl StreamTable {
         })
     }
 
-    /// Handles one `stream` chunk: counts and hashes it and returns the same
+    /// Handles one `stream` chunk: counts it, hashes it (unless
+    /// [`StreamConfig::hash_payload`] is off) and returns the same
     /// [`Bytes`] (no copy) for the caller to store.
     pub fn recv_chunk(&mut self, rid: &str, data: Bytes) -> Result<Bytes, StreamError> {
         let limit = self.config.max_stream_bytes();
@@ -118,8 +120,8 @@ impl StreamTable {
         )
     }
 
-    /// Handles `endstream`: checks the announced checksum and closes the
-    /// stream. The request's final reply is still to come.
+    /// Handles `endstream`: checks the announced checksum (when the table
+    /// hashes) and closes the stream. The request's final reply is still to come.
     pub fn recv_end(&mut self, rid: &str) -> Result<StreamSummary, StreamError> {
         self.on_stream(
             rid,
@@ -576,31 +578,41 @@ mod tests {
             cuts in proptest::collection::vec(1usize..700, 0..16),
             with_checksum in any::<bool>(),
             expected in any::<bool>(),
+            hashing in any::<bool>(),
         ) {
-            let mut table = StreamTable::default();
+            let mut config = StreamConfig::default();
+            config.set_hash_payload(hashing);
+            let mut table = StreamTable::new(config);
             if expected {
                 table.expect("u").unwrap();
             }
             let checksum = if with_checksum { sha256_hex(&data) } else { String::new() };
             let started = table.recv_begin("u", &begin(&checksum)).unwrap();
             prop_assert_eq!(started.was_expected, expected);
+            // The application's hash, as the reference server keeps it.
+            let mut hash = started.payload_hash();
             let payload = Bytes::from(data.clone());
             let mut rest = payload.clone();
             let mut chunks = 0u64;
             for cut in cuts {
                 let piece = rest.split_to(cut.min(rest.len()));
-                prop_assert_eq!(table.recv_chunk("u", piece.clone()).unwrap(), piece);
+                let stored = table.recv_chunk("u", piece.clone()).unwrap();
+                hash.update(&stored);
+                prop_assert_eq!(stored, piece);
                 chunks += 1;
             }
             if !rest.is_empty() {
-                table.recv_chunk("u", rest).unwrap();
+                hash.update(&table.recv_chunk("u", rest).unwrap());
                 chunks += 1;
             }
             let summary = table.recv_end("u").unwrap();
             prop_assert_eq!(summary.bytes, data.len() as u64);
             prop_assert_eq!(summary.chunks, chunks);
-            prop_assert_eq!(summary.sha256, sha256_hex(&data));
-            prop_assert_eq!(summary.checksum_verified, with_checksum);
+            prop_assert_eq!(summary.sha256, hashing.then(|| sha256_hex(&data)));
+            prop_assert_eq!(summary.checksum_verified, hashing && with_checksum);
+            let digest = hash.finish("u").unwrap();
+            prop_assert_eq!(digest.sha256, sha256_hex(&data));
+            prop_assert_eq!(digest.checksum_verified, with_checksum);
             prop_assert_eq!(table.open_streams(), 0);
         }
 
@@ -609,18 +621,30 @@ mod tests {
             data in proptest::collection::vec(any::<u8>(), 1..2048),
             flip in any::<prop::sample::Index>(),
             bit in 0u8..8,
+            hashing in any::<bool>(),
         ) {
-            let mut table = StreamTable::default();
-            table.recv_begin("u", &begin(&sha256_hex(&data))).unwrap();
+            let mut config = StreamConfig::default();
+            config.set_hash_payload(hashing);
+            let mut table = StreamTable::new(config);
+            let started = table.recv_begin("u", &begin(&sha256_hex(&data))).unwrap();
+            let mut hash = started.payload_hash();
             let mut tampered = data.clone();
             if let Some(byte) = tampered.get_mut(flip.index(data.len())) {
                 *byte ^= 1 << bit;
             }
-            table.recv_chunk("u", Bytes::from(tampered)).unwrap();
-            let error = table.recv_end("u").unwrap_err();
+            hash.update(&table.recv_chunk("u", Bytes::from(tampered)).unwrap());
+            let error = if hashing {
+                let error = table.recv_end("u").unwrap_err();
+                prop_assert_eq!(table.state("u"), Some(StreamState::Failed(error.clone())));
+                error
+            } else {
+                // The table only keeps the order; the application's hash
+                // catches the change.
+                prop_assert!(table.recv_end("u").is_ok());
+                hash.finish("u").unwrap_err()
+            };
             let is_mismatch = matches!(error, StreamError::ChecksumMismatch { .. });
             prop_assert!(is_mismatch);
-            prop_assert_eq!(table.state("u"), Some(StreamState::Failed(error)));
         }
     }
 }
