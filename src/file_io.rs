@@ -37,9 +37,11 @@ fn read_chunk(file: &mut std::fs::File, size: usize) -> io::Result<Bytes> {
 
 /// Block size of [`sha256_of`]: a few of them stay in L2 between the read
 /// and the hash.
+#[cfg(feature = "client")]
 const HASH_BLOCK: usize = 128 * 1024;
 
 /// Blocks of [`sha256_of`] in flight between its reader and its hasher.
+#[cfg(feature = "client")]
 const HASH_BLOCKS: usize = 4;
 
 /// The SHA-256 of `file` from where it stands to its end, on the calling
@@ -47,6 +49,7 @@ const HASH_BLOCKS: usize = 4;
 /// block N is hashed, so the pass costs about the hash alone instead of the
 /// read plus the hash (256 MiB from the page cache here: about 60 ms of
 /// reading and 180 ms of SHA-256). At most [`HASH_BLOCKS`] blocks exist.
+#[cfg(feature = "client")]
 pub(crate) fn sha256_of(file: &mut std::fs::File) -> io::Result<[u8; 32]> {
     use sha2::{Digest, Sha256};
     use std::io::Read;
@@ -382,6 +385,7 @@ mod tests {
         dir
     }
 
+    #[cfg(feature = "client")]
     #[test]
     fn sha256_of_hashes_from_the_position_to_the_end_at_every_block_boundary() {
         use sha2::{Digest, Sha256};
@@ -413,6 +417,7 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    #[cfg(feature = "client")]
     #[test]
     fn sha256_of_reports_a_read_error() {
         // A directory opens, but reading it fails (EISDIR).
