@@ -31,8 +31,9 @@
 //! Each run ends with the pinned ping rows: the same sequential pings with
 //! every process of a measurement on one CPU (`taskset -c 0`): a third
 //! server, `openiap-client ping` in its own process, `node-bench.js
-//! --pings-only` with its server as its child, and the raw echo (this
-//! binary's `raw-pings` mode). On this VM a halted vCPU takes long to wake,
+//! --pings-only` with its server as its child, and two echoes (this
+//! binary's `raw-pings` mode, module `echo`): the blocking raw echo and the
+//! same echo on tokio, the IO model of our binaries. On this VM a halted vCPU takes long to wake,
 //! and an unpinned round trip wakes one or two (the raw echo's rate alone
 //! moves from about 4,000 to 37,000/s); pinned, a round trip hands the CPU
 //! from one process to the other. Both tables are printed; the rows are
@@ -71,6 +72,9 @@ use openiap_wire::client::{Client, ClientError, UploadOptions};
 use openiap_wire::server::DEV_USERNAME;
 use openiap_wire::transport::Endpoint;
 
+mod echo;
+use echo::EchoIo;
+
 const SERVER_BIN: &str = env!("CARGO_BIN_EXE_openiap-server");
 const CLIENT_BIN: &str = env!("CARGO_BIN_EXE_openiap-client");
 /// The CPU of the pinned ping measurement (`taskset -c`).
@@ -92,8 +96,8 @@ fn main() {
     let mode = words.first().map_or("e2e", String::as_str);
     let settings = Settings::from_env();
     let result = match mode {
-        "raw-echo" => raw_echo(words.get(1..).unwrap_or_default()),
-        "raw-pings" => raw_pings_mode(words.get(1..).unwrap_or_default()),
+        "raw-echo" => echo::echo_mode(words.get(1..).unwrap_or_default()),
+        "raw-pings" => echo::pings_mode(words.get(1..).unwrap_or_default()),
         "e2e" => end_to_end(&settings),
         "memory" => memory(&settings),
         "all" => end_to_end(&settings).and_then(|()| memory(&settings)),
@@ -509,77 +513,6 @@ fn raw_copy(sock: Sock, kind: Raw, source: &Path, bytes: u64, dir: &Path) -> Res
     Ok(mib_per_s(bytes, finished.duration_since(started)))
 }
 
-/// Size of the raw round-trip message: about a framed ping envelope.
-const RAW_PING_BYTES: usize = 64;
-
-/// `count` raw round trips of a 64-byte message over a loopback socket
-/// (TCP with `TCP_NODELAY`, or Unix) to an echo in another process (this
-/// binary in its `raw-echo` mode), as between our client and server: the
-/// floor of a ping round trip here. Returns round trips per second.
-fn raw_round_trips(sock: Sock, count: u32, dir: &Path) -> Result<f64, Failure> {
-    let socket_path = dir.join("raw-ping.sock");
-    let _ = std::fs::remove_file(&socket_path);
-    let mut command = Command::new(std::env::current_exe()?);
-    command.arg("raw-echo");
-    match sock {
-        Sock::Tcp => command.arg("tcp"),
-        Sock::Unix => command.arg("unix").arg(&socket_path),
-    };
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let mut ready = String::new();
-    BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut ready)?;
-    let mut stream: Box<dyn Duplex> = match sock {
-        Sock::Tcp => {
-            let stream = std::net::TcpStream::connect(ready.trim())?;
-            stream.set_nodelay(true)?;
-            Box::new(stream)
-        }
-        Sock::Unix => Box::new(std::os::unix::net::UnixStream::connect(&socket_path)?),
-    };
-    let mut buf = [7u8; RAW_PING_BYTES];
-    let started = Instant::now();
-    for _ in 0..count {
-        stream.write_all(&buf)?;
-        stream.read_exact(&mut buf)?;
-    }
-    let elapsed = started.elapsed();
-    drop(stream);
-    let _ = child.wait();
-    let _ = std::fs::remove_file(&socket_path);
-    Ok(f64::from(count) / elapsed.as_secs_f64().max(1e-9))
-}
-
-/// The `raw-echo` mode: accepts one connection (TCP on a free loopback
-/// port, printed on stdout, or the Unix socket at the given path, printed
-/// once bound) and echoes 64-byte messages until EOF.
-fn raw_echo(args: &[String]) -> Result<(), Failure> {
-    let mut stream: Box<dyn Duplex> = match args.first().map(String::as_str) {
-        Some("tcp") => {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-            println!("{}", listener.local_addr()?);
-            let stream = listener.accept()?.0;
-            stream.set_nodelay(true)?;
-            Box::new(stream)
-        }
-        Some("unix") => {
-            let path = args.get(1).ok_or("raw-echo unix PATH")?;
-            let listener = std::os::unix::net::UnixListener::bind(path)?;
-            println!("{path}");
-            Box::new(listener.accept()?.0)
-        }
-        _ => return Err("raw-echo tcp | raw-echo unix PATH".into()),
-    };
-    let mut buf = [0u8; RAW_PING_BYTES];
-    while stream.read_exact(&mut buf).is_ok() {
-        stream.write_all(&buf)?;
-    }
-    Ok(())
-}
-
 // ---------------------------------------------------------------------------
 // The Node peer
 // ---------------------------------------------------------------------------
@@ -719,7 +652,8 @@ fn end_to_end(settings: &Settings) -> Result<(), Failure> {
     let mut pinned = Pinned::default();
     for run in 0..settings.runs {
         for (name, sock) in [("tcp", Sock::Tcp), ("unix", Sock::Unix)] {
-            let rate = raw_round_trips(sock, settings.pings.max(1), &scratch.0)?;
+            let rate =
+                echo::round_trips(sock, EchoIo::Blocking, settings.pings.max(1), &scratch.0)?;
             eprintln!("run {run}: raw {name} round trips: {rate:.0}/s");
             raw_pings.entry(name).or_default().push(rate);
         }
@@ -919,7 +853,8 @@ fn report(
     table_head(
         &mut out,
         &format!(
-            "Sequential ping round trips per second (raw: a {RAW_PING_BYTES}-byte message echoed over the same socket kind, no protocol; ws and gRPC run over TCP):"
+            "Sequential ping round trips per second (raw: a {}-byte message echoed over the same socket kind, no protocol; ws and gRPC run over TCP):",
+            echo::PING_BYTES
         ),
         "transport | ours | Node | ours / Node | raw round trips | ours / raw | ours, server on 1 thread | ours (1 thread) / Node | ours (1 thread) / raw",
     );
@@ -1052,25 +987,13 @@ fn pinned_if(pinned: bool, program: &str) -> Command {
     }
 }
 
-/// The `raw-pings` mode: `raw-pings tcp|unix COUNT DIR` prints the rate of
-/// [`raw_round_trips`] (run pinned, so that the echo it starts is too).
-fn raw_pings_mode(args: &[String]) -> Result<(), Failure> {
-    let usage = "raw-pings tcp|unix COUNT DIR";
-    let sock = match args.first().map(String::as_str) {
-        Some("tcp") => Sock::Tcp,
-        Some("unix") => Sock::Unix,
-        _ => return Err(usage.into()),
-    };
-    let count: u32 = args.get(1).ok_or(usage)?.parse()?;
-    let dir = Path::new(args.get(2).ok_or(usage)?);
-    println!("{}", raw_round_trips(sock, count, dir)?);
-    Ok(())
-}
-
 /// The pinned series, per socket kind (raw) and per transport.
 #[derive(Default)]
 struct Pinned {
+    /// The blocking echo.
     raw: BTreeMap<&'static str, Vec<f64>>,
+    /// The tokio echo.
+    tokio: BTreeMap<&'static str, Vec<f64>>,
     ours: BTreeMap<String, Vec<f64>>,
     node: BTreeMap<String, Vec<f64>>,
     /// Pings the Node peer sent per run (it may stop early).
@@ -1116,16 +1039,27 @@ fn pinned_pings(
     let count = settings.pings.max(1).to_string();
     let me = std::env::current_exe()?;
     let me = me.to_str().ok_or("the bench's path is not UTF-8")?;
-    for name in ["tcp", "unix"] {
-        let mut command = pinned_if(true, me);
-        command.args(["raw-pings", name, &count]).arg(dir);
-        let output = command.stdin(Stdio::null()).output()?;
-        let rate: f64 = String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .map_err(|e| format!("raw-pings {name}: {e} ({})", output.status))?;
-        eprintln!("run {run}: pinned raw {name} round trips: {rate:.0}/s");
-        pinned.raw.entry(name).or_default().push(rate);
+    for io in [EchoIo::Blocking, EchoIo::Tokio] {
+        for name in ["tcp", "unix"] {
+            let mut command = pinned_if(true, me);
+            command
+                .args(["raw-pings", io.word(), name, &count])
+                .arg(dir);
+            let output = command.stdin(Stdio::null()).output()?;
+            let rate: f64 = String::from_utf8_lossy(&output.stdout)
+                .trim()
+                .parse()
+                .map_err(|e| format!("raw-pings {name}: {e} ({})", output.status))?;
+            eprintln!(
+                "run {run}: pinned {} echo {name} round trips: {rate:.0}/s",
+                io.word()
+            );
+            let series = match io {
+                EchoIo::Blocking => &mut pinned.raw,
+                EchoIo::Tokio => &mut pinned.tokio,
+            };
+            series.entry(name).or_default().push(rate);
+        }
     }
     for &transport in transports {
         let mut command = pinned_if(true, CLIENT_BIN);
@@ -1192,16 +1126,17 @@ fn pinned_report(settings: &Settings, transports: &[&str], pinned: &Pinned) -> S
     table_head(
         &mut out,
         &format!(
-            "\nSequential ping round trips per second with client and server pinned to one CPU (`taskset -c {PIN_CPU}`, every process of a row: ours, Node's and the raw echo alike), {} pings, median of {} runs:",
+            "\nSequential ping round trips per second with client and server pinned to one CPU (`taskset -c {PIN_CPU}`, every process of a row: ours, Node's and the echoes alike), {} pings, median of {} runs. Raw: the blocking echo; tokio: the same echo with our binaries' IO model (a multi-thread runtime serving it, a current-thread runtime as the client), the floor of any tokio implementation here; tokio / Node is the most a tokio implementation could reach:",
             settings.pings, settings.runs
         ),
-        "transport | ours | Node | ours / Node | raw round trips (pinned) | ours / raw",
+        "transport | ours | Node | ours / Node | raw echo | ours / raw | tokio echo | ours / tokio | tokio / Node",
     );
     for &t in transports {
         let sock = if t == "pipe" { "unix" } else { "tcp" };
         let ours = pinned.ours.get(t).map_or(&[][..], Vec::as_slice);
         let node = pinned.node.get(t).map_or(&[][..], Vec::as_slice);
         let raw = pinned.raw.get(sock).map_or(&[][..], Vec::as_slice);
+        let tokio = pinned.tokio.get(sock).map_or(&[][..], Vec::as_slice);
         let counts = pinned.node_counts.get(t).map_or(&[][..], Vec::as_slice);
         let note = if counts.iter().any(|&c| c < u64::from(settings.pings)) {
             format!(
@@ -1213,11 +1148,15 @@ fn pinned_report(settings: &Settings, transports: &[&str], pinned: &Pinned) -> S
         };
         let _ = writeln!(
             out,
-            "| {t} | {} | {:.0} [{}] | {} |",
+            "| {t} | {} | {:.0} [{}] | {} | {:.0} [{}] | {} | {} |",
             versus(ours, node, 0, &note),
             median(raw),
             runs_text(raw, 0),
             percent(median(ours), median(raw)),
+            median(tokio),
+            runs_text(tokio, 0),
+            percent(median(ours), median(tokio)),
+            ratio(median(tokio), median(node)),
         );
     }
     out
