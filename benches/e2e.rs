@@ -24,9 +24,10 @@
 //! (`tests/interop/node-bench.js`: the pinned `@openiap/nodeapi` client
 //! against `node-server.js`), once with the checksum on and once more, for
 //! the transfers alone, with its default, the checksum off (`--no-checksum`).
-//! Before every timed transfer and raw copy the bench runs `sync`, so the
-//! writeback of what an earlier measurement left in the page cache does not
-//! fall into it. Medians of the runs and ratios are printed as Markdown.
+//! Before every timed transfer and raw copy the bench removes the files our
+//! server stored so far and runs `sync` (see `settle`: on this VM memory the
+//! guest freed goes back to the host, and writing into it costs a host fault
+//! per page), so every measurement starts from the same state. Medians of the runs and ratios are printed as Markdown.
 //!
 //! Each run ends with the pinned ping rows: the same sequential pings with
 //! every process of a measurement on one CPU (`taskset -c 0`): a third
@@ -186,6 +187,8 @@ struct ServerProc {
     /// The pipe listener's Unix socket, removed on drop: the server removes
     /// it on SIGTERM, but not when `stop` has to fall back to SIGKILL.
     pipe_path: Option<PathBuf>,
+    /// Its `--data` directory.
+    data: PathBuf,
 }
 
 impl ServerProc {
@@ -226,6 +229,7 @@ impl ServerProc {
         if pinned {
             suffix.push_str("-pinned");
         }
+        let data = dir.join(format!("server-data{suffix}"));
         let mut command = pinned_if(pinned, SERVER_BIN);
         command
             .args(["--socket", &on("socket", "127.0.0.1:0".into())])
@@ -233,7 +237,7 @@ impl ServerProc {
             .args(["--grpc", &on("grpc", "127.0.0.1:0".into())])
             .args(["--pipe", &on("pipe", pipe)])
             .arg("--data")
-            .arg(dir.join(format!("server-data{suffix}")))
+            .arg(&data)
             .args(["--dev-password", &password])
             .env("RUST_LOG", "warn")
             .env_remove("OPENIAP_JWT_SECRET")
@@ -262,6 +266,7 @@ impl ServerProc {
             urls: BTreeMap::new(),
             password,
             pipe_path,
+            data,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while transports.iter().any(|t| !server.urls.contains_key(*t)) {
@@ -288,6 +293,22 @@ impl ServerProc {
             .get(transport)
             .map(String::as_str)
             .ok_or_else(|| format!("the server has no {transport} listener").into())
+    }
+
+    /// Removes the files uploaded so far (`DATA/files/<id>`), which no
+    /// measurement reads again. See [`settle`] for why.
+    fn drop_uploads(&self) -> std::io::Result<()> {
+        let files = self.data.join("files");
+        match std::fs::read_dir(&files) {
+            Ok(entries) => {
+                for entry in entries {
+                    std::fs::remove_dir_all(entry?.path())?;
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     fn stop(&mut self) {
@@ -659,7 +680,7 @@ fn end_to_end(settings: &Settings) -> Result<(), Failure> {
         }
         for (k, kind) in RAW_KINDS.into_iter().enumerate() {
             for (name, sock) in [("tcp", Sock::Tcp), ("unix", Sock::Unix)] {
-                settle_disk();
+                settle(&server);
                 let rate = raw_copy(sock, kind, &source, bytes, &scratch.0)?;
                 eprintln!("run {run}: raw {name} {}: {rate:.0} MiB/s", kind.label());
                 raw.entry((k, name)).or_default().push(rate);
@@ -667,7 +688,7 @@ fn end_to_end(settings: &Settings) -> Result<(), Failure> {
         }
         for &transport in &transports {
             let url = server.url(transport)?;
-            settle_disk();
+            settle(&server);
             let m: Measurement = rt.block_on(async {
                 let mut client = signed_in(url, &server.password).await?;
                 let m = bench::measure(&mut client, settings.pings, &source, &sha, &work).await?;
@@ -682,7 +703,7 @@ fn end_to_end(settings: &Settings) -> Result<(), Failure> {
                     signed_in(server_one.url(transport)?, &server_one.password).await?;
                 let ping_time = bench::pings(&mut client, settings.pings).await?;
                 client.close().await?;
-                settle_disk();
+                settle(&server);
                 let mut client = signed_in(url, &server.password).await?;
                 let started = Instant::now();
                 client
@@ -708,7 +729,7 @@ fn end_to_end(settings: &Settings) -> Result<(), Failure> {
             series.download.push(m.download_mib_per_s());
             if node_skip.is_none() {
                 let log = scratch.0.join("node.stderr");
-                settle_disk();
+                settle(&server);
                 let row = node_run(settings, transport, (&source, &sha), false, &log)?;
                 eprintln!(
                     "run {run}: node {transport}: {:.0} pings/s ({} pings), upload {:.1} MiB/s, download {:.1} MiB/s",
@@ -719,7 +740,7 @@ fn end_to_end(settings: &Settings) -> Result<(), Failure> {
                 series.upload.push(row.upload);
                 series.download.push(row.download);
                 series.ping_counts.push(row.pings);
-                settle_disk();
+                settle(&server);
                 let plain = node_run(settings, transport, (&source, &sha), true, &log)?;
                 eprintln!(
                     "run {run}: node {transport}, no checksum: upload {:.1} MiB/s",
@@ -765,11 +786,24 @@ fn end_to_end(settings: &Settings) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Writes the page cache's dirty data to disk (`sync`) before a timed
-/// measurement, so no earlier one's writeback (a raw copy or the Node peer
-/// leave 256 MiB or more unsynced) runs into it. A failure is reported and
-/// the measurement goes on.
-fn settle_disk() {
+/// Brings the machine to the same state before every timed transfer and
+/// raw copy. A failure is reported and the measurement goes on.
+///
+/// - Removes what our earlier uploads stored on `server`. This VM hands the
+///   memory its guest frees back to the host at once (virtio-balloon free
+///   page reporting), so writing into pages the guest has not used lately
+///   costs a host fault per page: new page cache is then written at about
+///   350 MiB/s instead of 1,400 (`benches/tools/fresh-pages.sh`). The raw
+///   copies and the Node peer remove what they wrote; our server used to
+///   keep every upload (12 GiB in a run), so each later transfer of ours
+///   wrote into such pages and ran at a third of its speed.
+/// - Writes the page cache's dirty data to disk (`sync`), so no earlier
+///   measurement's writeback (a raw copy or the Node peer leave 256 MiB or
+///   more unsynced) runs into the next one.
+fn settle(server: &ServerProc) {
+    if let Err(e) = server.drop_uploads() {
+        eprintln!("removing the stored uploads: {e}");
+    }
     match Command::new("sync").status() {
         Ok(status) if status.success() => {}
         Ok(status) => eprintln!("sync: {status}"),
