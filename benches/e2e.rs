@@ -27,15 +27,17 @@
 //! Before every timed transfer and raw copy the bench removes the files our
 //! server stored so far and runs `sync` (see `settle`: on this VM memory the
 //! guest freed goes back to the host, and writing into it costs a host fault
-//! per page), so every measurement starts from the same state. Medians of the runs and ratios are printed as Markdown.
+//! per page), so every measurement starts from the same state. Medians of
+//! the runs and ratios are printed as Markdown.
 //!
 //! Each run ends with the pinned ping rows: the same sequential pings with
 //! every process of a measurement on one CPU (`taskset -c 0`): a third
 //! server, `openiap-client ping` in its own process, `node-bench.js
 //! --pings-only` with its server as its child, and two echoes (this
 //! binary's `raw-pings` mode, module `echo`): the blocking raw echo and the
-//! same echo on tokio, the IO model of our binaries. On this VM a halted vCPU takes long to wake,
-//! and an unpinned round trip wakes one or two (the raw echo's rate alone
+//! same echo on tokio, the IO model of our binaries. On this VM a halted
+//! vCPU takes long to wake, and an unpinned round trip wakes one or two (the
+//! raw echo's rate alone
 //! moves from about 4,000 to 37,000/s); pinned, a round trip hands the CPU
 //! from one process to the other. Both tables are printed; the rows are
 //! skipped with a message where `taskset` is missing.
@@ -401,6 +403,22 @@ enum Sock {
     Unix,
 }
 
+impl Sock {
+    const ALL: [Self; 2] = [Self::Tcp, Self::Unix];
+
+    /// Its name in the tables and on the command line of the echo modes.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Unix => "unix",
+        }
+    }
+
+    fn parse(name: Option<&str>) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| Some(s.name()) == name)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Raw {
     /// File read, socket, file written and synced: what an upload or a
@@ -672,14 +690,16 @@ fn end_to_end(settings: &Settings) -> Result<(), Failure> {
     let mut node: BTreeMap<&str, Series> = BTreeMap::new();
     let mut pinned = Pinned::default();
     for run in 0..settings.runs {
-        for (name, sock) in [("tcp", Sock::Tcp), ("unix", Sock::Unix)] {
+        for sock in Sock::ALL {
+            let name = sock.name();
             let rate =
                 echo::round_trips(sock, EchoIo::Blocking, settings.pings.max(1), &scratch.0)?;
             eprintln!("run {run}: raw {name} round trips: {rate:.0}/s");
             raw_pings.entry(name).or_default().push(rate);
         }
         for (k, kind) in RAW_KINDS.into_iter().enumerate() {
-            for (name, sock) in [("tcp", Sock::Tcp), ("unix", Sock::Unix)] {
+            for sock in Sock::ALL {
+                let name = sock.name();
                 settle(&server);
                 let rate = raw_copy(sock, kind, &source, bytes, &scratch.0)?;
                 eprintln!("run {run}: raw {name} {}: {rate:.0} MiB/s", kind.label());
@@ -1074,7 +1094,7 @@ fn pinned_pings(
     let me = std::env::current_exe()?;
     let me = me.to_str().ok_or("the bench's path is not UTF-8")?;
     for io in [EchoIo::Blocking, EchoIo::Tokio] {
-        for name in ["tcp", "unix"] {
+        for name in Sock::ALL.map(Sock::name) {
             let mut command = pinned_if(true, me);
             command
                 .args(["raw-pings", io.word(), name, &count])
@@ -1083,7 +1103,7 @@ fn pinned_pings(
             let rate: f64 = String::from_utf8_lossy(&output.stdout)
                 .trim()
                 .parse()
-                .map_err(|e| format!("raw-pings {name}: {e} ({})", output.status))?;
+                .map_err(|e| format!("raw-pings {} {name}: {e} ({})", io.word(), output.status))?;
             eprintln!(
                 "run {run}: pinned {} echo {name} round trips: {rate:.0}/s",
                 io.word()

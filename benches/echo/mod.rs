@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::{Failure, Sock};
+use crate::{Duplex, Failure, Sock};
 
 /// Size of the message: about a framed ping envelope.
 pub(crate) const PING_BYTES: usize = 64;
@@ -51,28 +51,13 @@ impl EchoIo {
     }
 }
 
-fn sock_word(sock: Sock) -> &'static str {
-    match sock {
-        Sock::Tcp => "tcp",
-        Sock::Unix => "unix",
-    }
-}
-
-fn parse_sock(word: Option<&str>) -> Option<Sock> {
-    match word {
-        Some("tcp") => Some(Sock::Tcp),
-        Some("unix") => Some(Sock::Unix),
-        _ => None,
-    }
-}
-
 /// `count` round trips to an echo that this binary starts in its
 /// `raw-echo` mode; returns round trips per second.
 pub(crate) fn round_trips(sock: Sock, io: EchoIo, count: u32, dir: &Path) -> Result<f64, Failure> {
     let socket_path = dir.join(format!("echo-{}.sock", io.word()));
     let _ = std::fs::remove_file(&socket_path);
     let mut command = Command::new(std::env::current_exe()?);
-    command.args(["raw-echo", io.word(), sock_word(sock)]);
+    command.args(["raw-echo", io.word(), sock.name()]);
     if sock == Sock::Unix {
         command.arg(&socket_path);
     }
@@ -82,16 +67,24 @@ pub(crate) fn round_trips(sock: Sock, io: EchoIo, count: u32, dir: &Path) -> Res
         .stderr(Stdio::inherit())
         .spawn()?;
     let mut ready = String::new();
-    BufReader::new(child.stdout.take().ok_or("no stdout")?).read_line(&mut ready)?;
-    let address = ready.trim();
-    let rate = match io {
-        EchoIo::Blocking => blocking_client(sock, address, count),
-        EchoIo::Tokio => tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()?
-            .block_on(tokio_client(sock, address, count)),
+    let rate = match child.stdout.take() {
+        Some(stdout) => BufReader::new(stdout)
+            .read_line(&mut ready)
+            .map_err(Failure::from)
+            .and_then(|_| match io {
+                EchoIo::Blocking => blocking_client(sock, ready.trim(), count),
+                EchoIo::Tokio => tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .build()?
+                    .block_on(tokio_client(sock, ready.trim(), count)),
+            }),
+        None => Err("no stdout".into()),
     };
-    // The echo ends at EOF, which the client's drop sent.
+    // After a success the echo ends at the EOF that the client's drop sent;
+    // after a failure it may still wait to accept, so it is stopped.
+    if rate.is_err() {
+        let _ = child.kill();
+    }
     let _ = child.wait();
     let _ = std::fs::remove_file(&socket_path);
     rate
@@ -102,7 +95,7 @@ fn per_second(count: u32, started: Instant) -> f64 {
 }
 
 fn blocking_client(sock: Sock, address: &str, count: u32) -> Result<f64, Failure> {
-    let mut stream: Box<dyn ReadWrite> = match sock {
+    let mut stream: Box<dyn Duplex> = match sock {
         Sock::Tcp => {
             let stream = std::net::TcpStream::connect(address)?;
             stream.set_nodelay(true)?;
@@ -137,9 +130,6 @@ async fn tokio_client(sock: Sock, address: &str, count: u32) -> Result<f64, Fail
     Ok(per_second(count, started))
 }
 
-trait ReadWrite: Read + Write {}
-impl<T: Read + Write> ReadWrite for T {}
-
 trait AsyncReadWrite: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncReadWrite for T {}
 
@@ -150,7 +140,7 @@ const ECHO_USAGE: &str = "raw-echo blocking|tokio tcp | raw-echo blocking|tokio 
 /// and echoes [`PING_BYTES`]-byte messages until EOF.
 pub(crate) fn echo_mode(args: &[String]) -> Result<(), Failure> {
     let io = EchoIo::parse(args.first().map(String::as_str)).ok_or(ECHO_USAGE)?;
-    let sock = parse_sock(args.get(1).map(String::as_str)).ok_or(ECHO_USAGE)?;
+    let sock = Sock::parse(args.get(1).map(String::as_str)).ok_or(ECHO_USAGE)?;
     let path = match sock {
         Sock::Tcp => None,
         Sock::Unix => Some(args.get(2).ok_or(ECHO_USAGE)?.as_str()),
@@ -165,7 +155,7 @@ pub(crate) fn echo_mode(args: &[String]) -> Result<(), Failure> {
 }
 
 fn blocking_echo(unix_path: Option<&str>) -> Result<(), Failure> {
-    let mut stream: Box<dyn ReadWrite> = match unix_path {
+    let mut stream: Box<dyn Duplex> = match unix_path {
         None => {
             let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
             println!("{}", listener.local_addr()?);
@@ -218,7 +208,7 @@ const PINGS_USAGE: &str = "raw-pings blocking|tokio tcp|unix COUNT DIR";
 /// `taskset`, so that the echo it starts shares the CPU.
 pub(crate) fn pings_mode(args: &[String]) -> Result<(), Failure> {
     let io = EchoIo::parse(args.first().map(String::as_str)).ok_or(PINGS_USAGE)?;
-    let sock = parse_sock(args.get(1).map(String::as_str)).ok_or(PINGS_USAGE)?;
+    let sock = Sock::parse(args.get(1).map(String::as_str)).ok_or(PINGS_USAGE)?;
     let count: u32 = args.get(2).ok_or(PINGS_USAGE)?.parse()?;
     let dir = Path::new(args.get(3).ok_or(PINGS_USAGE)?);
     println!("{}", round_trips(sock, io, count, dir)?);
