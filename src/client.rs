@@ -673,7 +673,7 @@ fn reply_for(id: &str, event: Event) -> Result<Option<Envelope>, ClientError> {
             request_command,
             error,
         } if request_id == id => Err(ClientError::Server {
-            command: request_command,
+            command: request_command.to_owned(),
             message: error.message,
             code: error.code,
         }),

@@ -38,8 +38,9 @@ pub enum Event {
     Reply {
         /// The id of our request (the reply's rid).
         request_id: String,
-        /// The command of our request.
-        request_command: String,
+        /// The command of our request (from the
+        /// [command table](crate::command::lookup)).
+        request_command: &'static str,
         /// The reply; unpack it with
         /// [`EnvelopeExt::unpack`](crate::envelope::EnvelopeExt::unpack).
         envelope: Envelope,
@@ -48,8 +49,9 @@ pub enum Event {
     PeerError {
         /// The id of our request.
         request_id: String,
-        /// The command of our request.
-        request_command: String,
+        /// The command of our request (from the
+        /// [command table](crate::command::lookup)).
+        request_command: &'static str,
         /// What the peer said.
         error: ErrorResponse,
     },
@@ -58,8 +60,9 @@ pub enum Event {
     RequestFailed {
         /// The id of our request.
         request_id: String,
-        /// The command of our request.
-        request_command: String,
+        /// The command of our request (from the
+        /// [command table](crate::command::lookup)).
+        request_command: &'static str,
         /// [`Error::RequestTimedOut`] or [`Error::Closed`] (or the fatal
         /// error that ended the connection).
         error: Error,

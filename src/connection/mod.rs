@@ -72,8 +72,9 @@
 
 mod config;
 mod event;
+mod pending;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -83,6 +84,7 @@ pub use self::config::{
     DEFAULT_REQUEST_TIMEOUT, Role,
 };
 pub use self::event::Event;
+use self::pending::PendingRequests;
 use crate::Error;
 use crate::command::{CommandError, CommandKind, Validation, lookup};
 use crate::envelope::{
@@ -121,15 +123,6 @@ pub const VECTORED_PAYLOAD: usize = 16 * 1024;
 /// 8 KiB by default).
 pub const IDLE_BUFFER_RELEASE: Duration = Duration::from_secs(1);
 
-/// A request awaiting its reply.
-#[derive(Debug)]
-struct Pending {
-    command: String,
-    /// Position in send order among the requests ever made pending.
-    order: u64,
-    deadline: Option<(Instant, u64)>,
-}
-
 /// One peer's protocol state. See the [module docs](self).
 #[derive(Debug)]
 pub struct Connection {
@@ -144,12 +137,7 @@ pub struct Connection {
     streams: StreamTable,
     next_seq: i32,
     next_id: u64,
-    /// [`Pending::order`] of the next request; also the tie-breaker of
-    /// `deadlines`.
-    next_pending: u64,
-    pending: HashMap<String, Pending>,
-    /// Pending deadlines in order; the `u64` makes equal instants distinct.
-    deadlines: BTreeMap<(Instant, u64), String>,
+    pending: PendingRequests,
     events: VecDeque<Event>,
     transmit: VecDeque<Outgoing>,
     last_recv: Instant,
@@ -171,9 +159,7 @@ impl Connection {
             config,
             next_seq: 0,
             next_id: 0,
-            next_pending: 0,
-            pending: HashMap::new(),
-            deadlines: BTreeMap::new(),
+            pending: PendingRequests::default(),
             events: VecDeque::new(),
             transmit: VecDeque::new(),
             last_recv: now,
@@ -326,10 +312,9 @@ impl Connection {
             .config
             .idle_timeout()
             .and_then(|i| self.last_recv.checked_add(i));
-        let deadline = self.deadlines.keys().next().map(|(at, _)| *at);
         [
             self.reorder.poll_timeout(),
-            deadline,
+            self.pending.next_deadline(),
             keepalive,
             idle,
             self.frame_deadline(),
@@ -366,25 +351,19 @@ impl Connection {
                 return Err(self.fail(Error::PeerSilent { silence, limit }));
             }
         }
-        while let Some(entry) = self.deadlines.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let id = entry.remove();
-            if let Some(pending) = self.pending.remove(&id) {
-                // A download that timed out must not leave its stream open.
-                let _ = self.streams.abort(&id);
-                let after = self.config.request_timeout().unwrap_or(Duration::ZERO);
-                self.events.push_back(Event::RequestFailed {
-                    request_id: id.clone(),
-                    error: Error::RequestTimedOut {
-                        id,
-                        command: pending.command.clone(),
-                        after,
-                    },
-                    request_command: pending.command,
-                });
-            }
+        for (id, command) in self.pending.expire(now) {
+            // A download that timed out must not leave its stream open.
+            let _ = self.streams.abort(&id);
+            let after = self.config.request_timeout().unwrap_or(Duration::ZERO);
+            self.events.push_back(Event::RequestFailed {
+                request_id: id.clone(),
+                error: Error::RequestTimedOut {
+                    id,
+                    command: command.to_owned(),
+                    after,
+                },
+                request_command: command,
+            });
         }
         if let Some(interval) = self.config.keepalive_interval()
             && now.saturating_duration_since(self.last_send) >= interval
@@ -539,15 +518,19 @@ impl Connection {
             envelope.id = self.fresh_id();
         }
         self.check_frame_len(encoded_len(&envelope))?;
-        let is_request = envelope.rid.is_empty()
-            && lookup(&envelope.command).is_some_and(|spec| spec.kind == CommandKind::Request);
-        if is_request {
-            self.add_pending(&envelope, now)?;
+        let request = envelope
+            .rid
+            .is_empty()
+            .then(|| lookup(&envelope.command))
+            .flatten()
+            .filter(|spec| spec.kind == CommandKind::Request);
+        if let Some(spec) = request {
+            self.add_pending(&envelope.id, spec.command, now)?;
             if self.role == Role::Client
                 && envelope.command == "download"
                 && let Err(e) = self.streams.expect(&envelope.id)
             {
-                self.remove_pending(&envelope.id);
+                self.pending.remove(&envelope.id);
                 return Err(e.into());
             }
         }
@@ -834,10 +817,10 @@ impl Connection {
             }
             "beginstream" | "stream" | "endstream" => self.dispatch_stream(envelope, now),
             "error" => self.dispatch_error(envelope.into_envelope()),
-            _ => match self.remove_pending(envelope.rid()) {
-                Some(pending) => self.events.push_back(Event::Reply {
-                    request_id: envelope.rid().to_owned(),
-                    request_command: pending.command,
+            _ => match self.pending.remove(envelope.rid()) {
+                Some((request_id, request_command)) => self.events.push_back(Event::Reply {
+                    request_id,
+                    request_command,
                     envelope: envelope.into_envelope(),
                 }),
                 // A pong for a keepalive ping is traffic and nothing else.
@@ -922,10 +905,10 @@ impl Connection {
                 error: failure,
             });
         }
-        if let Some(pending) = self.remove_pending(rid) {
+        if let Some((request_id, request_command)) = self.pending.remove(rid) {
             self.events.push_back(Event::PeerError {
-                request_id: rid.to_owned(),
-                request_command: pending.command,
+                request_id,
+                request_command,
                 error,
             });
         } else if !taken {
@@ -967,47 +950,18 @@ impl Connection {
         self.events.push_back(Event::Rejected { envelope, error });
     }
 
-    fn add_pending(&mut self, envelope: &Envelope, now: Instant) -> Result<(), Error> {
+    fn add_pending(&mut self, id: &str, command: &'static str, now: Instant) -> Result<(), Error> {
         let max = self.config.max_pending_requests();
         if self.pending.len() >= max {
             return Err(Error::TooManyPending { max });
         }
-        if self.pending.contains_key(&envelope.id) {
-            return Err(Error::IdInUse {
-                id: envelope.id.clone(),
-            });
-        }
-        // Unique even when the caller chose the ids (`next_id` then stays).
-        let order = self.next_pending;
-        self.next_pending = self.next_pending.wrapping_add(1);
         let deadline = self
             .config
             .request_timeout()
-            .and_then(|t| now.checked_add(t))
-            .map(|at| (at, order));
-        if let Some(key) = deadline {
-            self.deadlines.insert(key, envelope.id.clone());
-        }
-        self.pending.insert(
-            envelope.id.clone(),
-            Pending {
-                command: envelope.command.clone(),
-                order,
-                deadline,
-            },
-        );
-        Ok(())
-    }
-
-    fn remove_pending(&mut self, id: &str) -> Option<Pending> {
-        if id.is_empty() {
-            return None;
-        }
-        let pending = self.pending.remove(id)?;
-        if let Some(key) = pending.deadline {
-            self.deadlines.remove(&key);
-        }
-        Some(pending)
+            .and_then(|t| now.checked_add(t));
+        self.pending
+            .insert(id.to_owned(), command, deadline)
+            .map_err(|id| Error::IdInUse { id })
     }
 
     fn fresh_id(&mut self) -> String {
@@ -1078,16 +1032,13 @@ impl Connection {
                 });
             }
         }
-        let mut pending: Vec<(String, Pending)> = self.pending.drain().collect();
-        pending.sort_by_key(|(_, p)| p.order);
-        for (id, p) in pending {
+        for (request_id, request_command) in self.pending.drain() {
             self.events.push_back(Event::RequestFailed {
-                request_id: id,
-                request_command: p.command,
+                request_id,
+                request_command,
                 error: error.clone(),
             });
         }
-        self.deadlines.clear();
         self.error = Some(error);
     }
 }

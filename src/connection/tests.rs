@@ -93,7 +93,7 @@ fn request_reply_is_matched_by_rid() {
     else {
         panic!("expected one reply");
     };
-    assert_eq!((request_id, request_command.as_str()), (&id, "signin"));
+    assert_eq!((request_id, *request_command), (&id, "signin"));
     assert_eq!(envelope.command, "signinreply");
     assert_eq!(client.pending_requests(), 0);
 }
@@ -227,7 +227,7 @@ fn peer_error_settles_the_pending_request() {
         events(&mut client),
         [Event::PeerError {
             request_id: id,
-            request_command: "query".into(),
+            request_command: "query",
             error: denied,
         }]
     );
