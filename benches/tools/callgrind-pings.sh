@@ -2,25 +2,27 @@
 # Instructions per ping, client and server each under callgrind (counts
 # repeat exactly from run to run, whatever else the machine does).
 #   benches/tools/callgrind-pings.sh BINDIR {socket|pipe|ws|grpc} [COUNT]
-# The client's figure is (Ir of `ping --count COUNT` - Ir of `--count 1`)
-# / (COUNT - 1); the server's is its total over both clients (start-up, two
-# signins and COUNT + 1 pings), server on one worker thread.
+# Two rounds, each with a fresh server (one worker thread) and one client:
+# `ping --count 1`, then `ping --count COUNT`. Each side's figure is
+# (Ir of the COUNT round - Ir of the 1 round) / (COUNT - 1), so start-up,
+# signin and shutdown cancel out.
 set -euo pipefail
 source "$(dirname "$0")/endpoint.sh"
 bindir=$1; kind=$2; count=${3:-3000}
-out=$(mktemp -d); port=$((52900 + RANDOM % 90))
-endpoint "$kind" "$port"
-valgrind --tool=callgrind --callgrind-out-file="$out/server.out" "$bindir/openiap-server" \
-  --worker-threads 1 "${args[@]}" --data "$out/data" --dev-password pw > "$out/server.log" 2>&1 &
-for _ in $(seq 150); do grep -q listening "$out/server.log" && break; sleep 0.2; done
+out=$(mktemp -d)
 for n in 1 "$count"; do
+  port=$((52900 + RANDOM % 90))
+  endpoint "$kind" "$port"
+  valgrind --tool=callgrind --callgrind-out-file="$out/server-$n.out" "$bindir/openiap-server" \
+    --worker-threads 1 "${args[@]}" --data "$out/data-$n" --dev-password pw > "$out/server-$n.log" 2>&1 &
+  for _ in $(seq 150); do grep -q listening "$out/server-$n.log" && break; sleep 0.2; done
   valgrind --tool=callgrind --callgrind-out-file="$out/client-$n.out" "$bindir/openiap-client" \
     --url "$url" --password pw --json ping --count "$n" > /dev/null 2>&1
+  sleep 1
+  pkill -INT -f "callgrind-out-file=$out/server-$n.out" || true
+  for _ in $(seq 50); do grep -q "^summary:" "$out/server-$n.out" 2>/dev/null && break; sleep 0.2; done
 done
-sleep 1
-pkill -INT -f "callgrind-out-file=$out/server.out" || true
-for _ in $(seq 50); do grep -q "^summary:" "$out/server.out" 2>/dev/null && break; sleep 0.2; done
 total() { grep -h "^summary:" "$1" | awk '{print $2}'; }
-c1=$(total "$out/client-1.out"); cn=$(total "$out/client-$count.out")
-echo "$bindir $kind: client $(( (cn - c1) / (count - 1) )) Ir per ping; server $(total "$out/server.out") Ir in all"
+per_ping() { echo $(( ($(total "$out/$1-$count.out") - $(total "$out/$1-1.out")) / (count - 1) )); }
+echo "$bindir $kind: client $(per_ping client) Ir per ping; server $(per_ping server) Ir per ping"
 echo "profiles: $out (callgrind_annotate FILE)"

@@ -4,7 +4,7 @@
 
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use tokio::time::Sleep;
@@ -52,6 +52,40 @@ pub struct Driver<T> {
     /// idle and keepalive clocks, at every envelope) leave it alone: it
     /// fires early, finds nothing due and is re-armed.
     armed: Option<Instant>,
+    /// The waker `timer` was last polled with since it was armed: polling
+    /// it again with the same task's waker would only register it again.
+    registered: Option<Registered>,
+}
+
+/// A waker the timer holds, and the identity of the waker it was cloned
+/// from.
+///
+/// [`Waker::will_wake`] compares the data pointer and the vtable address,
+/// and a clone may carry another copy of the same vtable than the waker it
+/// came from: tokio's `block_on` waker is never recognised in its clone, so
+/// the timer would be polled again at every wake-up. The pair recorded here
+/// is the borrowed waker's own; while the clone lives, the data it points to
+/// cannot be freed, so an equal pair is the same waker.
+struct Registered {
+    waker: Waker,
+    data: usize,
+    vtable: usize,
+}
+
+impl Registered {
+    fn new(waker: &Waker) -> Self {
+        Self {
+            waker: waker.clone(),
+            data: waker.data() as usize,
+            vtable: std::ptr::from_ref(waker.vtable()) as usize,
+        }
+    }
+
+    fn will_wake(&self, waker: &Waker) -> bool {
+        self.waker.will_wake(waker)
+            || (waker.data() as usize == self.data
+                && std::ptr::from_ref(waker.vtable()) as usize == self.vtable)
+    }
 }
 
 impl<T> std::fmt::Debug for Driver<T> {
@@ -67,6 +101,7 @@ impl<T: Transport> Driver<T> {
             io,
             timer: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
             armed: None,
+            registered: None,
         }
     }
 
@@ -98,8 +133,8 @@ impl<T: Transport> Driver<T> {
             } else {
                 Poll::Pending
             };
-            match recv {
-                Poll::Ready(Ok(Recv::Data)) => return Poll::Ready(Ok(Status::Progress)),
+            let data = match recv {
+                Poll::Ready(Ok(Recv::Data)) => true,
                 Poll::Ready(Ok(Recv::Eof)) => {
                     return Poll::Ready(match conn.handle_eof() {
                         Ok(()) => Ok(Status::Closed),
@@ -107,32 +142,16 @@ impl<T: Transport> Driver<T> {
                     });
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {}
+                Poll::Pending => false,
+            };
+            // While input keeps coming, the timers are looked at once the
+            // armed deadline has passed, so a steady flow cannot starve them.
+            if (!data || self.armed.is_none_or(|armed| now >= armed))
+                && let Some(due) = self.poll_timers(cx, conn, now)
+            {
+                return Poll::Ready(due);
             }
-            if let Some(at) = conn.poll_timeout() {
-                if self.armed.is_none_or(|armed| at < armed) {
-                    self.timer.as_mut().reset(at.into());
-                    self.armed = Some(at);
-                }
-                while self.timer.as_mut().poll(cx).is_ready() {
-                    let now = Instant::now();
-                    match conn.poll_timeout() {
-                        // Fired for a deadline that has since moved on.
-                        Some(next) if next > now => {
-                            self.timer.as_mut().reset(next.into());
-                            self.armed = Some(next);
-                        }
-                        _ => {
-                            self.armed = None;
-                            return Poll::Ready(match conn.handle_timeout(now) {
-                                Ok(()) => Ok(Status::Progress),
-                                Err(e) => Err(TransportError::Protocol(e)),
-                            });
-                        }
-                    }
-                }
-            }
-            if had_transmit && !conn.has_transmit() {
+            if data || (had_transmit && !conn.has_transmit()) {
                 return Poll::Ready(Ok(Status::Progress));
             }
             Poll::Pending
@@ -144,6 +163,45 @@ impl<T: Transport> Driver<T> {
             let _ = tokio::time::timeout(FLUSH_TIMEOUT, self.close(conn)).await;
         }
         result
+    }
+
+    /// Runs the connection's timers when one is due at `now`; otherwise
+    /// makes sure `timer` wakes this task at the earliest deadline.
+    fn poll_timers(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Connection,
+        now: Instant,
+    ) -> Option<Result<Status, TransportError>> {
+        let at = conn.poll_timeout()?;
+        if at <= now {
+            return Some(match conn.handle_timeout(now) {
+                Ok(()) => Ok(Status::Progress),
+                Err(e) => Err(TransportError::Protocol(e)),
+            });
+        }
+        // Re-armed for an earlier deadline, or once it has fired for one
+        // that has since moved on.
+        if self.armed.is_none_or(|armed| at < armed || armed <= now) {
+            self.timer.as_mut().reset(at.into());
+            self.armed = Some(at);
+            self.registered = None;
+        }
+        if !self
+            .registered
+            .as_ref()
+            .is_some_and(|registered| registered.will_wake(cx.waker()))
+        {
+            if self.timer.as_mut().poll(cx).is_ready() {
+                // The deadline is ahead of `now`, but the runtime's clock is
+                // already past it: poll again at once (and arm anew).
+                self.armed = None;
+                cx.waker().wake_by_ref();
+            } else {
+                self.registered = Some(Registered::new(cx.waker()));
+            }
+        }
+        None
     }
 
     /// Writes everything the connection has queued and flushes it.
@@ -210,6 +268,74 @@ mod tests {
         drop(client_io);
         let server = server_task.await.unwrap();
         assert!(server.error().is_some(), "server saw the close");
+    }
+
+    /// A transport whose peer never pauses: every read finds a keepalive
+    /// `pong` (traffic, and an answer to nothing), every write succeeds.
+    struct Firehose {
+        seq: i32,
+    }
+
+    impl Transport for Firehose {
+        fn poll_recv(
+            &mut self,
+            _cx: &mut Context<'_>,
+            conn: &mut Connection,
+            now: Instant,
+        ) -> Poll<Result<Recv, TransportError>> {
+            let pong = crate::proto::Envelope {
+                command: "pong".into(),
+                seq: self.seq,
+                id: format!("k{}", self.seq),
+                rid: "keepalive".into(),
+                ..Default::default()
+            };
+            self.seq += 1;
+            let mut frame = bytes::BytesMut::new();
+            crate::frame::encode_frame(&pong, usize::MAX, &mut frame).unwrap();
+            conn.handle_bytes(&frame, now)
+                .map_err(TransportError::Protocol)?;
+            Poll::Ready(Ok(Recv::Data))
+        }
+
+        fn poll_send(
+            &mut self,
+            _cx: &mut Context<'_>,
+            conn: &mut Connection,
+        ) -> Poll<Result<(), TransportError>> {
+            let mut sink = bytes::BytesMut::new();
+            while conn.has_transmit() {
+                conn.poll_transmit(&mut sink);
+                sink.clear();
+            }
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_times_out_while_input_never_stops() {
+        let mut config = ConnectionConfig::default();
+        config.set_request_timeout(Some(std::time::Duration::from_millis(20)));
+        let mut conn = Connection::new(Role::Client, config, Instant::now());
+        let id = conn.request(&PingRequest {}, Instant::now()).unwrap();
+        let mut io = Driver::new(Firehose { seq: 0 });
+        let started = Instant::now();
+        let failed = loop {
+            // Every call has input to hand over, so none waits.
+            assert_eq!(io.drive(&mut conn).await.unwrap(), Status::Progress);
+            if let Some(Event::RequestFailed { request_id, .. }) = conn.poll_event() {
+                break request_id;
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "the request deadline never ran"
+            );
+        };
+        assert_eq!(failed, id);
     }
 
     #[tokio::test]
