@@ -544,10 +544,10 @@ impl Client {
                 } else if writer.is_writing() {
                     tokio::select! {
                         written = writer.wait() => written.map_err(file_error(&temp_path))?,
-                        driven = self.drive() => driven?,
+                        driven = self.drive_for_input() => driven?,
                     }
                 } else {
-                    self.drive().await?;
+                    self.drive_for_input().await?;
                 }
                 continue;
             };
@@ -623,11 +623,27 @@ impl Client {
         Ok(())
     }
 
+    /// Drives the connection until something happens, the transmit queue
+    /// running empty included (an upload tops it up then).
     async fn drive(&mut self) -> Result<(), ClientError> {
+        self.drive_inner(true).await
+    }
+
+    /// Drives the connection until input, a timer or the end: for waiting
+    /// on the peer with nothing more to send.
+    async fn drive_for_input(&mut self) -> Result<(), ClientError> {
+        self.drive_inner(false).await
+    }
+
+    async fn drive_inner(&mut self, report_drained: bool) -> Result<(), ClientError> {
         if self.closed {
             return Err(ClientError::Closed);
         }
-        match self.driver.drive(&mut self.conn).await {
+        match self
+            .driver
+            .drive_inner(&mut self.conn, report_drained)
+            .await
+        {
             Ok(Status::Progress) => Ok(()),
             Ok(Status::Closed) => {
                 self.closed = true;
@@ -645,7 +661,7 @@ impl Client {
             if let Some(event) = self.conn.poll_event() {
                 return Ok(event);
             }
-            self.drive().await?;
+            self.drive_for_input().await?;
         }
     }
 

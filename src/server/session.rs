@@ -137,9 +137,14 @@ impl Session {
                     .downloads
                     .front()
                     .is_some_and(|d| d.reader.is_reading());
+            // A download in flight is topped up when the queue runs empty;
+            // otherwise only input (or a timer) gives the loop work.
+            let drive = self
+                .driver
+                .drive_inner(&mut self.conn, !self.downloads.is_empty());
             tokio::select! {
                 () = read_front(&mut self.downloads), if starved => {}
-                status = self.driver.drive(&mut self.conn) => match status {
+                status = drive => match status {
                     Ok(Status::Progress) => {}
                     Ok(Status::Closed) => break "peer closed".to_owned(),
                     // A connection-fatal error's notice to the peer was

@@ -37,14 +37,15 @@ pub enum Status {
 /// |--------------------------------------------|----------------------------|
 /// | bytes arrived and were fed                 | `Ok(Status::Progress)`     |
 /// | a timer fired and was handled              | `Ok(Status::Progress)`     |
-/// | the transmit queue ran empty (top it up)   | `Ok(Status::Progress)`     |
+/// | the transmit queue ran empty (top it up); not for [`Driver::drive_for_input`] | `Ok(Status::Progress)` |
 /// | the peer closed its side                   | `Ok(Status::Closed)`       |
 /// | a fatal protocol error                     | notice flushed, `Err(Protocol)` |
 /// | an IO error                                | `Err(Io)` / `Err(WebSocket)` |
 ///
 /// Writing goes on in every call, so a peer that floods us cannot stall our
-/// own output. `drive` keeps its state in the driver and the connection, so
-/// it is cancel-safe: it may sit in a `select!` beside a shutdown signal.
+/// own output, and the timers run once due even while input never stops.
+/// `drive` keeps its state in the driver and the connection, so it is
+/// cancel-safe: it may sit in a `select!` beside a shutdown signal.
 pub struct Driver<T> {
     io: T,
     timer: Pin<Box<Sleep>>,
@@ -119,7 +120,33 @@ impl<T: Transport> Driver<T> {
     /// peer's notice has been flushed and the transport closed), or an IO
     /// error.
     pub async fn drive(&mut self, conn: &mut Connection) -> Result<Status, TransportError> {
-        let had_transmit = conn.has_transmit();
+        self.drive_inner(conn, true).await
+    }
+
+    /// Like [`drive`](Self::drive), but writing everything that is queued
+    /// is not an outcome: it returns for input, a timer, the peer's close or
+    /// an error. For an owner with nothing more to queue until the peer
+    /// answers (a client awaiting a reply, a server that answered): it
+    /// saves a wake-up, one more call that would only find nothing to do.
+    ///
+    /// # Errors
+    ///
+    /// As [`drive`](Self::drive).
+    pub async fn drive_for_input(
+        &mut self,
+        conn: &mut Connection,
+    ) -> Result<Status, TransportError> {
+        self.drive_inner(conn, false).await
+    }
+
+    /// [`drive`](Self::drive) when `report_drained`, else
+    /// [`drive_for_input`](Self::drive_for_input).
+    pub(crate) async fn drive_inner(
+        &mut self,
+        conn: &mut Connection,
+        report_drained: bool,
+    ) -> Result<Status, TransportError> {
+        let had_transmit = report_drained && conn.has_transmit();
         let result = poll_fn(|cx| {
             if let Poll::Ready(Err(e)) = self.io.poll_send(cx, conn) {
                 return Poll::Ready(Err(e));
@@ -336,6 +363,24 @@ mod tests {
             );
         };
         assert_eq!(failed, id);
+    }
+
+    #[tokio::test]
+    async fn only_drive_returns_when_the_queue_runs_empty() {
+        let (_peer, mut io) = pair();
+        let now = Instant::now();
+        let mut conn = Connection::new(Role::Client, ConnectionConfig::default(), now);
+        let wait = std::time::Duration::from_millis(50);
+        conn.request(&PingRequest {}, now).unwrap();
+        let drained = tokio::time::timeout(wait, io.drive(&mut conn)).await;
+        assert_eq!(drained.unwrap().unwrap(), Status::Progress);
+        assert!(!conn.has_transmit());
+        conn.request(&PingRequest {}, now).unwrap();
+        // Written all the same, but the silent peer gives it nothing to
+        // return for.
+        let waiting = tokio::time::timeout(wait, io.drive_for_input(&mut conn)).await;
+        assert!(waiting.is_err(), "returned {waiting:?}");
+        assert!(!conn.has_transmit());
     }
 
     #[tokio::test]
