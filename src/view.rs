@@ -397,12 +397,20 @@ impl<'a> EnvelopeView<'a> {
     /// The owned [`Envelope`] with the same fields (allocates; the payload
     /// still shares the frame).
     pub fn to_envelope(&self) -> Envelope {
+        self.to_envelope_with(self.command(), self.id(), self.rid())
+    }
+
+    /// [`to_envelope`](Self::to_envelope) for a caller that already made
+    /// the `command`, `id` and `rid` strings of this view (each accessor
+    /// runs a UTF-8 pass).
+    pub(crate) fn to_envelope_with(&self, command: &str, id: &str, rid: &str) -> Envelope {
+        debug_assert_eq!((command, id, rid), (self.command(), self.id(), self.rid()));
         Envelope {
-            command: self.command().to_owned(),
+            command: command.to_owned(),
             priority: self.priority,
             seq: self.seq,
-            id: self.id().to_owned(),
-            rid: self.rid().to_owned(),
+            id: id.to_owned(),
+            rid: rid.to_owned(),
             data: self.has_data.then(|| Any {
                 type_url: self.type_url().to_owned(),
                 value: self.value(),

@@ -984,10 +984,11 @@ impl Connection {
                 break;
             }
         }
-        // ASCII digits and letters: always valid UTF-8.
-        std::str::from_utf8(digits.get(start..).unwrap_or_default())
-            .map(str::to_owned)
-            .unwrap_or_default()
+        // ASCII digits and letters, pushed as chars: no UTF-8 pass.
+        let digits = digits.get(start..).unwrap_or_default();
+        let mut id = String::with_capacity(digits.len());
+        id.extend(digits.iter().map(|&digit| char::from(digit)));
+        id
     }
 
     fn queue(&mut self, envelope: Envelope, now: Instant) {
@@ -1172,7 +1173,7 @@ impl Received for Framed<'_> {
     }
 
     fn into_envelope(self) -> Envelope {
-        self.view.to_envelope()
+        self.view.to_envelope_with(self.command, self.id, self.rid)
     }
 }
 
