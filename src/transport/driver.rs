@@ -62,11 +62,15 @@ pub struct Driver<T> {
 /// from.
 ///
 /// [`Waker::will_wake`] compares the data pointer and the vtable address,
-/// and a clone may carry another copy of the same vtable than the waker it
-/// came from: tokio's `block_on` waker is never recognised in its clone, so
-/// the timer would be polled again at every wake-up. The pair recorded here
-/// is the borrowed waker's own; while the clone lives, the data it points to
-/// cannot be freed, so an equal pair is the same waker.
+/// and a clone can carry another copy of the same vtable than the waker it
+/// came from (a generic vtable instantiated in two codegen units): the
+/// client binary's `block_on` waker was never recognised in its clone, so
+/// the timer was polled again at every wake-up. The pair recorded here is
+/// the borrowed waker's own, which stays the same from poll to poll. A
+/// `RawWaker` is its data and vtable, so an equal pair wakes the same task,
+/// as long as the data cannot have been freed and reused meanwhile: true of
+/// the executors whose clones share the data (tokio's and the `futures`
+/// crate's `Arc` wakers), since the clone held here keeps it alive.
 struct Registered {
     waker: Waker,
     data: usize,
