@@ -130,31 +130,27 @@ impl PendingRequests {
         }
         // `due` is sorted (orders increase along the queue): one pass over
         // the table finds them all.
-        let mut expired: Vec<(u64, String, &'static str)> = self
-            .by_id
-            .extract_if(|_, entry| due.binary_search(&entry.order).is_ok())
-            .map(|(id, entry)| (entry.order, id, entry.command))
-            .collect();
-        expired.sort_unstable_by_key(|&(order, ..)| order);
-        expired
-            .into_iter()
-            .map(|(_, id, command)| (id, command))
-            .collect()
+        in_send_order(
+            self.by_id
+                .extract_if(|_, entry| due.binary_search(&entry.order).is_ok()),
+        )
     }
 
     /// Takes out every request, in send order.
     pub(super) fn drain(&mut self) -> Vec<(String, &'static str)> {
         self.deadlines.clear();
-        let mut all: Vec<(u64, String, &'static str)> = self
-            .by_id
-            .drain()
-            .map(|(id, entry)| (entry.order, id, entry.command))
-            .collect();
-        all.sort_unstable_by_key(|&(order, ..)| order);
-        all.into_iter()
-            .map(|(_, id, command)| (id, command))
-            .collect()
+        in_send_order(self.by_id.drain())
     }
+}
+
+/// Ids and commands of `taken`, sorted by when they were sent.
+fn in_send_order(taken: impl Iterator<Item = (String, Entry)>) -> Vec<(String, &'static str)> {
+    let mut taken: Vec<(String, Entry)> = taken.collect();
+    taken.sort_unstable_by_key(|(_, entry)| entry.order);
+    taken
+        .into_iter()
+        .map(|(id, entry)| (id, entry.command))
+        .collect()
 }
 
 #[cfg(test)]
