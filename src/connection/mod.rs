@@ -513,11 +513,28 @@ impl Connection {
     /// for a `download` that cannot be tracked, or the error that ended the
     /// connection. Nothing is queued on error.
     pub fn send(&mut self, mut envelope: Envelope, now: Instant) -> Result<String, Error> {
+        self.admit(&mut envelope, now)?;
+        let id = envelope.id.clone();
+        self.queue(envelope, now);
+        Ok(id)
+    }
+
+    /// [`send`](Self::send) for a caller that does not need the id back
+    /// (an answer): the same checks, without copying the id.
+    fn send_answer(&mut self, mut envelope: Envelope, now: Instant) -> Result<(), Error> {
+        self.admit(&mut envelope, now)?;
+        self.queue(envelope, now);
+        Ok(())
+    }
+
+    /// Everything [`send`](Self::send) does before queueing: the id, the
+    /// size check, the pending request and a download's transfer.
+    fn admit(&mut self, envelope: &mut Envelope, now: Instant) -> Result<(), Error> {
         self.check()?;
         if envelope.id.is_empty() {
             envelope.id = self.fresh_id();
         }
-        self.check_frame_len(encoded_len(&envelope))?;
+        self.check_frame_len(encoded_len(envelope))?;
         let request = envelope
             .rid
             .is_empty()
@@ -534,9 +551,7 @@ impl Connection {
                 return Err(e.into());
             }
         }
-        let id = envelope.id.clone();
-        self.queue(envelope, now);
-        Ok(id)
+        Ok(())
     }
 
     /// Sends `message` as a request and returns its id.
@@ -560,7 +575,7 @@ impl Connection {
         response: &R::Response,
         now: Instant,
     ) -> Result<(), Error> {
-        self.send(reply::<R>(request, response), now).map(drop)
+        self.send_answer(reply::<R>(request, response), now)
     }
 
     /// Answers `request` with `error`.
@@ -576,7 +591,7 @@ impl Connection {
     ) -> Result<(), Error> {
         let mut answer = error_reply(request, String::new(), 0);
         answer.data = Some(pack_any(error));
-        self.send(answer, now).map(drop)
+        self.send_answer(answer, now)
     }
 
     /// Sends an `upload` request and, right behind it, the whole transfer:
