@@ -11,7 +11,7 @@ for _ in $(seq "$reps"); do for bindir in "$@"; do
   data=$(mktemp -d -p "$scratch")
   "$bindir/openiap-server" "${args[@]}" --data "$data/srv" --dev-password pw > "$data/log" 2>&1 &
   server=$!
-  for _ in $(seq 50); do grep -q listening "$data/log" && break; sleep 0.1; done
+  wait_listening "$data/log"
   sync
   report=$("$bindir/openiap-client" --url "$url" --password pw --json bench --size-mib 256 --pings 10)
   kill $server; wait $server 2>/dev/null || true; rm -rf "$data"

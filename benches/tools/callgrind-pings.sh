@@ -15,7 +15,7 @@ for n in 1 "$count"; do
   endpoint "$kind" "$port"
   valgrind --tool=callgrind --callgrind-out-file="$out/server-$n.out" "$bindir/openiap-server" \
     --worker-threads 1 "${args[@]}" --data "$out/data-$n" --dev-password pw > "$out/server-$n.log" 2>&1 &
-  for _ in $(seq 150); do grep -q listening "$out/server-$n.log" && break; sleep 0.2; done
+  wait_listening "$out/server-$n.log" 150 0.2
   valgrind --tool=callgrind --callgrind-out-file="$out/client-$n.out" "$bindir/openiap-client" \
     --url "$url" --password pw --json ping --count "$n" > /dev/null 2>&1
   sleep 1

@@ -10,3 +10,13 @@ endpoint() {
     *) echo "transport: socket, pipe, ws or grpc" >&2; exit 2 ;;
   esac
 }
+
+# wait_listening LOG [TRIES] [STEP]: waits until the server's log says it is
+# listening (TRIES checks STEP seconds apart, default 50 x 0.1 s); fails if it
+# never does.
+wait_listening() {
+  local log=$1 tries=${2:-50} step=${3:-0.1}
+  for _ in $(seq "$tries"); do grep -q listening "$log" && return 0; sleep "$step"; done
+  echo "the server never logged 'listening': $log" >&2
+  return 1
+}

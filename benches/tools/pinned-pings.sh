@@ -12,5 +12,5 @@ endpoint "$kind" "$port"
 taskset -c 0 "$bindir/openiap-server" "${args[@]}" --data "$data" --dev-password pw > "$data/server.log" 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$data"' EXIT
-for _ in $(seq 50); do grep -q listening "$data/server.log" && break; sleep 0.1; done
+wait_listening "$data/server.log"
 taskset -c 0 "$bindir/openiap-client" --url "$url" --password pw --json ping --count "$count"
