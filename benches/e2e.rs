@@ -33,9 +33,10 @@
 //! Each run ends with the pinned ping rows: the same sequential pings with
 //! every process of a measurement on one CPU (`taskset -c 0`): a third
 //! server, `openiap-client ping` in its own process, `node-bench.js
-//! --pings-only` with its server as its child, and two echoes (this
-//! binary's `raw-pings` mode, module `echo`): the blocking raw echo and the
-//! same echo on tokio, the IO model of our binaries. On this VM a halted
+//! --pings-only` with its server as its child, and three echoes (this
+//! binary's `raw-pings` mode, module `echo`): the blocking raw echo, the
+//! same echo on tokio (the IO model of our binaries), and the tokio echo
+//! served to a blocking client. On this VM a halted
 //! vCPU takes long to wake, and an unpinned round trip wakes one or two (the
 //! raw echo's rate alone
 //! moves from about 4,000 to 37,000/s); pinned, a round trip hands the CPU
@@ -1048,6 +1049,8 @@ struct Pinned {
     raw: BTreeMap<&'static str, Vec<f64>>,
     /// The tokio echo.
     tokio: BTreeMap<&'static str, Vec<f64>>,
+    /// The tokio echo with a blocking client.
+    blocking_client: BTreeMap<&'static str, Vec<f64>>,
     ours: BTreeMap<String, Vec<f64>>,
     node: BTreeMap<String, Vec<f64>>,
     /// Pings the Node peer sent per run (it may stop early).
@@ -1093,7 +1096,7 @@ fn pinned_pings(
     let count = settings.pings.max(1).to_string();
     let me = std::env::current_exe()?;
     let me = me.to_str().ok_or("the bench's path is not UTF-8")?;
-    for io in [EchoIo::Blocking, EchoIo::Tokio] {
+    for io in [EchoIo::Blocking, EchoIo::Tokio, EchoIo::BlockingClient] {
         for name in Sock::ALL.map(Sock::name) {
             let mut command = pinned_if(true, me);
             command
@@ -1111,6 +1114,7 @@ fn pinned_pings(
             let series = match io {
                 EchoIo::Blocking => &mut pinned.raw,
                 EchoIo::Tokio => &mut pinned.tokio,
+                EchoIo::BlockingClient => &mut pinned.blocking_client,
             };
             series.entry(name).or_default().push(rate);
         }
@@ -1180,10 +1184,10 @@ fn pinned_report(settings: &Settings, transports: &[&str], pinned: &Pinned) -> S
     table_head(
         &mut out,
         &format!(
-            "\nSequential ping round trips per second with client and server pinned to one CPU (`taskset -c {PIN_CPU}`, every process of a row: ours, Node's and the echoes alike), {} pings, median of {} runs. Raw: the blocking echo; tokio: the same echo with our binaries' IO model (a multi-thread runtime serving it, a current-thread runtime as the client), the floor of any tokio implementation here; tokio / Node is the most a tokio implementation could reach:",
+            "\nSequential ping round trips per second with client and server pinned to one CPU (`taskset -c {PIN_CPU}`, every process of a row: ours, Node's and the echoes alike), {} pings, median of {} runs. Raw: the blocking echo; tokio: the same echo with our binaries' IO model (a multi-thread runtime serving it, a current-thread runtime as the client), the floor of any tokio implementation here; tokio / Node is the most a tokio implementation could reach; blocking client: the tokio echo served to a blocking client, the most a blocking client of a tokio server could reach:",
             settings.pings, settings.runs
         ),
-        "transport | ours | Node | ours / Node | raw echo | ours / raw | tokio echo | ours / tokio | tokio / Node",
+        "transport | ours | Node | ours / Node | raw echo | ours / raw | tokio echo | ours / tokio | tokio / Node | blocking client | blocking client / Node",
     );
     for &t in transports {
         let sock = if t == "pipe" { "unix" } else { "tcp" };
@@ -1191,6 +1195,10 @@ fn pinned_report(settings: &Settings, transports: &[&str], pinned: &Pinned) -> S
         let node = pinned.node.get(t).map_or(&[][..], Vec::as_slice);
         let raw = pinned.raw.get(sock).map_or(&[][..], Vec::as_slice);
         let tokio = pinned.tokio.get(sock).map_or(&[][..], Vec::as_slice);
+        let blocking_client = pinned
+            .blocking_client
+            .get(sock)
+            .map_or(&[][..], Vec::as_slice);
         let counts = pinned.node_counts.get(t).map_or(&[][..], Vec::as_slice);
         let note = if counts.iter().any(|&c| c < u64::from(settings.pings)) {
             format!(
@@ -1202,7 +1210,7 @@ fn pinned_report(settings: &Settings, transports: &[&str], pinned: &Pinned) -> S
         };
         let _ = writeln!(
             out,
-            "| {t} | {} | {:.0} [{}] | {} | {:.0} [{}] | {} | {} |",
+            "| {t} | {} | {:.0} [{}] | {} | {:.0} [{}] | {} | {} | {:.0} [{}] | {} |",
             versus(ours, node, 0, &note),
             median(raw),
             runs_text(raw, 0),
@@ -1211,6 +1219,9 @@ fn pinned_report(settings: &Settings, transports: &[&str], pinned: &Pinned) -> S
             runs_text(tokio, 0),
             percent(median(ours), median(tokio)),
             ratio(median(tokio), median(node)),
+            median(blocking_client),
+            runs_text(blocking_client, 0),
+            ratio(median(blocking_client), median(node)),
         );
     }
     out

@@ -2,14 +2,16 @@
 //! over a loopback socket (TCP with `TCP_NODELAY`, or Unix) to an echo in
 //! another process (the bench binary in its `raw-echo` mode), no protocol.
 //!
-//! Two IO models are measured, so a missed ping target can be split into
+//! Three IO models are measured, so a missed ping target can be split into
 //! what the protocol costs and what the IO model costs:
 //! - [`EchoIo::Blocking`]: blocking std IO on both sides, two syscalls per
 //!   round trip and side (the physical limit of the host);
 //! - [`EchoIo::Tokio`]: the IO model of our binaries, a multi-thread tokio
 //!   runtime serving the echo from a spawned task (as `openiap-server` does
 //!   by default) and a current-thread runtime driving the client (as
-//!   `openiap-client` does); each wait goes through epoll.
+//!   `openiap-client` does); each wait goes through epoll;
+//! - [`EchoIo::BlockingClient`]: the tokio echo served, a blocking client:
+//!   the most a blocking client of our tokio server could reach.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -31,6 +33,8 @@ pub(crate) enum EchoIo {
     /// tokio sockets: a multi-thread runtime for the echo, a current-thread
     /// runtime for the client.
     Tokio,
+    /// The echo of [`Self::Tokio`], the client of [`Self::Blocking`].
+    BlockingClient,
 }
 
 impl EchoIo {
@@ -39,13 +43,21 @@ impl EchoIo {
         match self {
             Self::Blocking => "blocking",
             Self::Tokio => "tokio",
+            Self::BlockingClient => "blocking-client",
         }
+    }
+
+    /// Whether the client side blocks (the echo side blocks only in
+    /// [`Self::Blocking`]).
+    fn client_blocks(self) -> bool {
+        self != Self::Tokio
     }
 
     fn parse(word: Option<&str>) -> Option<Self> {
         match word {
             Some("blocking") => Some(Self::Blocking),
             Some("tokio") => Some(Self::Tokio),
+            Some("blocking-client") => Some(Self::BlockingClient),
             _ => None,
         }
     }
@@ -71,12 +83,15 @@ pub(crate) fn round_trips(sock: Sock, io: EchoIo, count: u32, dir: &Path) -> Res
         Some(stdout) => BufReader::new(stdout)
             .read_line(&mut ready)
             .map_err(Failure::from)
-            .and_then(|_| match io {
-                EchoIo::Blocking => blocking_client(sock, ready.trim(), count),
-                EchoIo::Tokio => tokio::runtime::Builder::new_current_thread()
-                    .enable_io()
-                    .build()?
-                    .block_on(tokio_client(sock, ready.trim(), count)),
+            .and_then(|_| {
+                if io.client_blocks() {
+                    blocking_client(sock, ready.trim(), count)
+                } else {
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_io()
+                        .build()?
+                        .block_on(tokio_client(sock, ready.trim(), count))
+                }
             }),
         None => Err("no stdout".into()),
     };
@@ -133,7 +148,7 @@ async fn tokio_client(sock: Sock, address: &str, count: u32) -> Result<f64, Fail
 trait AsyncReadWrite: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncReadWrite for T {}
 
-const ECHO_USAGE: &str = "raw-echo blocking|tokio tcp | raw-echo blocking|tokio unix PATH";
+const ECHO_USAGE: &str = "raw-echo blocking|tokio|blocking-client tcp | raw-echo blocking|tokio|blocking-client unix PATH";
 
 /// The `raw-echo` mode: accepts one connection (TCP on a free loopback
 /// port, or the Unix socket at PATH), prints its address once listening,
@@ -147,7 +162,7 @@ pub(crate) fn echo_mode(args: &[String]) -> Result<(), Failure> {
     };
     match io {
         EchoIo::Blocking => blocking_echo(path),
-        EchoIo::Tokio => tokio::runtime::Builder::new_multi_thread()
+        EchoIo::Tokio | EchoIo::BlockingClient => tokio::runtime::Builder::new_multi_thread()
             .enable_io()
             .build()?
             .block_on(tokio_echo(path)),
@@ -202,7 +217,7 @@ async fn tokio_echo(unix_path: Option<&str>) -> Result<(), Failure> {
     Ok(echo.await??)
 }
 
-const PINGS_USAGE: &str = "raw-pings blocking|tokio tcp|unix COUNT DIR";
+const PINGS_USAGE: &str = "raw-pings blocking|tokio|blocking-client tcp|unix COUNT DIR";
 
 /// The `raw-pings` mode: prints the rate of [`round_trips`]; run under
 /// `taskset`, so that the echo it starts shares the CPU.
