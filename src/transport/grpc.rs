@@ -506,10 +506,26 @@ impl AsyncWrite for Tracked {
 /// call goes on to look at what they signal (it polls the connection after
 /// sending, the stream after polling the connection). That saves the task
 /// a useless extra poll per message.
-#[derive(Debug, Default)]
+///
+/// Every wake, quiet or not, is also recorded (see [`Self::take_woken`]),
+/// so the client polls its connection only when something woke it, as the
+/// runtime polls a spawned connection task.
+#[derive(Debug)]
 struct QuietWaker {
     task: std::sync::Mutex<Option<Waker>>,
     quiet: AtomicBool,
+    /// Woken since the last [`Self::take_woken`]; starts set.
+    woken: AtomicBool,
+}
+
+impl Default for QuietWaker {
+    fn default() -> Self {
+        Self {
+            task: std::sync::Mutex::default(),
+            quiet: AtomicBool::new(false),
+            woken: AtomicBool::new(true),
+        }
+    }
 }
 
 impl QuietWaker {
@@ -527,6 +543,13 @@ impl QuietWaker {
     fn set_quiet(&self, quiet: bool) {
         self.quiet.store(quiet, Ordering::Relaxed);
     }
+
+    /// Whether it was woken (or never asked) since the last call; clears
+    /// the record. Called before polling what wakes it, so a wake during
+    /// that poll counts for the next one.
+    fn take_woken(&self) -> bool {
+        self.woken.swap(false, Ordering::AcqRel)
+    }
 }
 
 impl Wake for QuietWaker {
@@ -535,6 +558,7 @@ impl Wake for QuietWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
         if self.quiet.load(Ordering::Relaxed) {
             return;
         }
@@ -571,12 +595,19 @@ struct ClientConnection {
 }
 
 impl ClientConnection {
-    /// Runs the connection's IO (reads frames, writes what streams queued).
+    /// Runs the connection's IO (reads frames, writes what streams queued)
+    /// if anything woke it since its last poll: its socket, or a stream
+    /// handing it frames or capacity. Unwoken, it has nothing to do (it
+    /// would return `Pending` again); the task's current waker is still
+    /// registered for its next wake.
     fn poll(&mut self, cx: &mut Context<'_>) {
         if self.done {
             return;
         }
         self.conn_waker.register(cx.waker());
+        if !self.conn_waker.take_woken() {
+            return;
+        }
         let mut cx = Context::from_waker(&self.conn_handle);
         if let Poll::Ready(result) = Pin::new(&mut self.connection).poll(&mut cx) {
             self.done = true;
@@ -1655,6 +1686,30 @@ mod tests {
         }
         assert_eq!(status.code(), GrpcCode::Internal, "{status:?}");
         assert!(status.message().contains("compressed"), "{status:?}");
+    }
+
+    #[test]
+    fn quiet_waker_records_every_wake_and_forwards_only_loud_ones() {
+        // The task: a QuietWaker too, whose own record counts its wakes.
+        let task = Arc::new(QuietWaker::default());
+        let waker = Arc::new(QuietWaker::default());
+        waker.register(&Waker::from(Arc::clone(&task)));
+        let handle = Waker::from(Arc::clone(&waker));
+        // Never polled yet: the first poll must run.
+        assert!(waker.take_woken());
+        assert!(!waker.take_woken(), "the record is cleared");
+        assert!(task.take_woken());
+
+        waker.set_quiet(true);
+        handle.wake_by_ref();
+        assert!(waker.take_woken(), "a quiet wake is recorded");
+        assert!(!task.take_woken(), "but not forwarded");
+
+        waker.set_quiet(false);
+        handle.wake_by_ref();
+        assert!(task.take_woken(), "a loud wake is forwarded");
+        assert!(waker.take_woken());
+        assert!(!waker.take_woken());
     }
 
     #[test]
