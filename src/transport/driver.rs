@@ -175,11 +175,10 @@ impl<T: Transport> Driver<T> {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => false,
             };
-            // While input keeps coming, the timers are looked at once the
-            // armed deadline has passed, so a steady flow cannot starve them.
-            if (!data || self.armed.is_none_or(|armed| now >= armed))
-                && let Some(due) = self.poll_timers(cx, conn, now)
-            {
+            // Looked at on every poll, input or not, so a steady flow can
+            // neither starve a due timer nor keep an earlier deadline from
+            // being armed.
+            if let Some(due) = self.poll_timers(cx, conn, now) {
                 return Poll::Ready(due);
             }
             if data || (had_transmit && !conn.has_transmit()) {
@@ -260,6 +259,7 @@ mod tests {
     use super::*;
     use crate::connection::{ConnectionConfig, Event, Role};
     use crate::proto::PingRequest;
+    use crate::reorder::SeqError;
     use crate::transport::ByteStream;
 
     fn pair() -> (
@@ -303,8 +303,10 @@ mod tests {
 
     /// A transport whose peer never pauses: every read finds a keepalive
     /// `pong` (traffic, and an answer to nothing), every write succeeds.
+    /// The peer never sends seq `skip`, if set.
     struct Firehose {
         seq: i32,
+        skip: Option<i32>,
     }
 
     impl Transport for Firehose {
@@ -314,6 +316,9 @@ mod tests {
             conn: &mut Connection,
             now: Instant,
         ) -> Poll<Result<Recv, TransportError>> {
+            if Some(self.seq) == self.skip {
+                self.seq += 1;
+            }
             let pong = crate::proto::Envelope {
                 command: "pong".into(),
                 seq: self.seq,
@@ -353,7 +358,7 @@ mod tests {
         config.set_request_timeout(Some(std::time::Duration::from_millis(20)));
         let mut conn = Connection::new(Role::Client, config, Instant::now());
         let id = conn.request(&PingRequest {}, Instant::now()).unwrap();
-        let mut io = Driver::new(Firehose { seq: 0 });
+        let mut io = Driver::new(Firehose { seq: 0, skip: None });
         let started = Instant::now();
         let failed = loop {
             // Every call has input to hand over, so none waits.
@@ -367,6 +372,50 @@ mod tests {
             );
         };
         assert_eq!(failed, id);
+    }
+
+    #[tokio::test]
+    async fn a_deadline_earlier_than_the_armed_one_runs_while_input_never_stops() {
+        // The request deadline (10 s) is armed first; the gap the peer
+        // then leaves (seq 1 never comes) times out after 50 ms, while
+        // every call still has input.
+        let mut config = ConnectionConfig::default();
+        config.set_request_timeout(Some(std::time::Duration::from_secs(10)));
+        config
+            .reorder_mut()
+            .set_window(crate::reorder::MAX_WINDOW)
+            .unwrap()
+            .set_max_buffered_bytes(usize::MAX)
+            .unwrap()
+            .set_gap_timeout(Some(std::time::Duration::from_millis(50)))
+            .unwrap();
+        let mut conn = Connection::new(Role::Client, config, Instant::now());
+        conn.request(&PingRequest {}, Instant::now()).unwrap();
+        let mut io = Driver::new(Firehose {
+            seq: 0,
+            skip: Some(1),
+        });
+        let started = Instant::now();
+        let error = loop {
+            match io.drive(&mut conn).await {
+                Ok(status) => assert_eq!(status, Status::Progress),
+                Err(e) => break e,
+            }
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "the gap timer never ran"
+            );
+        };
+        assert!(
+            matches!(
+                error,
+                TransportError::Protocol(crate::Error::Seq(SeqError::GapTimeout {
+                    expected: 1,
+                    ..
+                }))
+            ),
+            "{error:?}"
+        );
     }
 
     #[tokio::test]
