@@ -67,30 +67,39 @@ pub struct Driver<T> {
 /// client binary's `block_on` waker was never recognised in its clone, so
 /// the timer was polled again at every wake-up. The pair recorded here is
 /// the borrowed waker's own, which stays the same from poll to poll. A
-/// `RawWaker` is its data and vtable, so an equal pair wakes the same task,
-/// as long as the data cannot have been freed and reused meanwhile: true of
-/// the executors whose clones share the data (tokio's and the `futures`
-/// crate's `Arc` wakers), since the clone held here keeps it alive.
+/// `RawWaker` is its data and vtable, so an equal pair wakes the same task
+/// as long as the data cannot have been freed and reused meanwhile. The pair
+/// is kept only when the clone held here shares the data pointer (tokio's
+/// and the `futures` crate's `Arc` wakers): the clone then keeps that data
+/// valid, so no other waker can take its address. For a waker whose clone
+/// has data of its own, only [`Waker::will_wake`] counts.
 struct Registered {
     waker: Waker,
-    data: usize,
-    vtable: usize,
+    /// The borrowed waker's data and vtable addresses.
+    identity: Option<(usize, usize)>,
 }
 
 impl Registered {
     fn new(waker: &Waker) -> Self {
+        let clone = waker.clone();
+        let identity = (clone.data() == waker.data()).then(|| identity(waker));
         Self {
-            waker: waker.clone(),
-            data: waker.data() as usize,
-            vtable: std::ptr::from_ref(waker.vtable()) as usize,
+            waker: clone,
+            identity,
         }
     }
 
     fn will_wake(&self, waker: &Waker) -> bool {
-        self.waker.will_wake(waker)
-            || (waker.data() as usize == self.data
-                && std::ptr::from_ref(waker.vtable()) as usize == self.vtable)
+        self.waker.will_wake(waker) || self.identity == Some(identity(waker))
     }
+}
+
+/// A waker's data and vtable addresses.
+fn identity(waker: &Waker) -> (usize, usize) {
+    (
+        waker.data() as usize,
+        std::ptr::from_ref(waker.vtable()) as usize,
+    )
 }
 
 impl<T> std::fmt::Debug for Driver<T> {
@@ -416,6 +425,21 @@ mod tests {
             ),
             "{error:?}"
         );
+    }
+
+    #[test]
+    fn a_registered_waker_is_known_by_its_identity_and_no_other() {
+        struct Task;
+        impl std::task::Wake for Task {
+            fn wake(self: std::sync::Arc<Self>) {}
+        }
+        let task = Waker::from(std::sync::Arc::new(Task));
+        let held = Registered::new(&task);
+        // An `Arc` waker's clone shares its data: the identity is kept.
+        assert_eq!(held.identity, Some(identity(&task)));
+        assert!(held.will_wake(&task));
+        let other = Waker::from(std::sync::Arc::new(Task));
+        assert!(!held.will_wake(&other));
     }
 
     #[tokio::test]
