@@ -351,10 +351,10 @@ impl Connection {
                 return Err(self.fail(Error::PeerSilent { silence, limit }));
             }
         }
+        let after = self.config.request_timeout().unwrap_or(Duration::ZERO);
         for (id, command) in self.pending.expire(now) {
             // A download that timed out must not leave its stream open.
             let _ = self.streams.abort(&id);
-            let after = self.config.request_timeout().unwrap_or(Duration::ZERO);
             self.events.push_back(Event::RequestFailed {
                 request_id: id.clone(),
                 error: Error::RequestTimedOut {
